@@ -1,0 +1,52 @@
+"""diffjax: diffusion models in JAX/Flax.
+
+The pure diffusion math is importable from the top level:
+
+* ``schedules``: beta schedules, the float32 ``Schedule`` tables, respacing.
+* ``gaussian``: q(x_t | x_0), the posterior, eps/x_0/v conversions, ``p_mean_variance``.
+* ``losses``: Gaussian KL, the discretised decoder, VLB terms, training objectives.
+* ``timesteps``: uniform and loss-aware importance sampling of t.
+* ``samplers``: DDPM ancestral and DDIM in ``lax.scan``, classifier-free guidance.
+* ``likelihood``: the full variational bound in bits/dim.
+
+A denoiser is any ``denoise(params, x_t, t, cond) -> output`` with x_t [B, ...] and t
+int32 [B] the step of the original T-step process; ``DiffusionSpec`` says how its output
+is read. Networks live in ``diffjax.models``, data in ``diffjax.data``, training in
+``diffjax.train``; import those submodules explicitly.
+"""
+
+from diffjax import gaussian, likelihood, losses, samplers, schedules, timesteps
+from diffjax.gaussian import (
+    DiffusionSpec,
+    p_mean_variance,
+    predict_eps_from_v,
+    predict_eps_from_x0,
+    predict_v,
+    predict_x0_from_eps,
+    predict_x0_from_v,
+    q_mean_variance,
+    q_posterior_mean_variance,
+    q_sample,
+)
+from diffjax.likelihood import bpd
+from diffjax.losses import (
+    Objective,
+    discretized_gaussian_log_likelihood,
+    normal_kl,
+    prior_bpd,
+    training_losses,
+    vb_terms_bpd,
+)
+from diffjax.samplers import classifier_free_guidance, ddim_step, ddpm_step, sample
+from diffjax.schedules import (
+    BETA_SCHEDULES,
+    Schedule,
+    get_betas,
+    make_schedule,
+    named_schedule,
+    respace,
+    space_timesteps,
+)
+from diffjax.timesteps import TimestepSampler, make_timestep_sampler
+
+__version__ = "0.1.0"

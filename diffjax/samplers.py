@@ -1,0 +1,196 @@
+"""Samplers of the reverse process: DDPM ancestral and DDIM, as pure steps driven by one scan.
+
+Every step has the signature
+
+    step(spec, schedule, output, x_t, t, key, clip_denoised) -> (x_{t-1}, pred_x0)
+
+with ``output`` the denoiser's output for (x_t, t), ``x_t`` [B, ...], ``t`` int32 [B] an
+index of ``schedule`` and ``key`` the step's PRNG key. ``sample`` runs any step from pure
+noise at the last index down to index 0 inside ``jax.lax.scan``: one compiled program,
+whatever the number of steps. On a respaced schedule the denoiser is called with
+``schedule.timestep_map[t]``, the step of the process it was trained on.
+
+References: DDPM Algorithm 2; DDIM (Song et al. 2021) eq. 12 and 16; classifier-free
+guidance (Ho & Salimans 2021) eq. 6.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from diffjax.gaussian import DiffusionSpec, at, p_mean_variance
+from diffjax.schedules import Schedule
+
+__all__ = [
+    "Denoiser",
+    "classifier_free_guidance",
+    "ddim_step",
+    "ddpm_step",
+    "sample",
+]
+
+Denoiser = Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
+"""``denoise(params, x_t, t, cond) -> output``: x_t [B, ...], t int32 [B] (original steps)."""
+
+
+def _noise_unless_last(x: jax.Array, t: jax.Array) -> jax.Array:
+    """[B, 1, ...] mask: 1 where t > 0; no noise is added on the final step to x_0."""
+    return (t != 0).astype(x.dtype).reshape(t.shape + (1,) * (x.ndim - 1))
+
+
+def ddpm_step(
+    spec: DiffusionSpec,
+    schedule: Schedule,
+    output: jax.Array,
+    x_t: jax.Array,
+    t: jax.Array,
+    key: jax.Array,
+    clip_denoised: bool = True,
+) -> tuple[jax.Array, jax.Array]:
+    """Ancestral step x_{t-1} = mu_theta + exp(log Sigma_theta / 2) z (DDPM Algorithm 2).
+
+    Uses the model's variance (fixed or learned, per ``spec``); no noise at t = 0.
+
+    Returns:
+      (x_{t-1} [B, ...], pred_x0 [B, ...]).
+    """
+    out = p_mean_variance(spec, schedule, output, x_t, t, clip_denoised)
+    z = jax.random.normal(key, x_t.shape, x_t.dtype)
+    x_prev = out["mean"] + _noise_unless_last(x_t, t) * jnp.exp(0.5 * out["log_variance"]) * z
+    return x_prev, out["pred_x0"]
+
+
+def ddim_step(
+    spec: DiffusionSpec,
+    schedule: Schedule,
+    output: jax.Array,
+    x_t: jax.Array,
+    t: jax.Array,
+    key: jax.Array,
+    clip_denoised: bool = True,
+    eta: float | jax.Array = 0.0,
+) -> tuple[jax.Array, jax.Array]:
+    """DDIM step (DDIM eq. 12), with sigma_t(eta) of eq. 16.
+
+    x_{t-1} = sqrt(a_{t-1}) x0_hat + sqrt(1 - a_{t-1} - sigma^2) eps_hat + sigma z, with
+    a = alpha_bar, sigma = eta sqrt((1 - a_{t-1})/(1 - a_t)) sqrt(1 - a_t/a_{t-1}) and
+    eps_hat recomputed from the (clipped) x0_hat. eta = 0 is deterministic; eta = 1 has
+    the DDPM posterior variance beta~_t. The model's own variance is not used.
+
+    Returns:
+      (x_{t-1} [B, ...], pred_x0 [B, ...]).
+    """
+    out = p_mean_variance(spec, schedule, output, x_t, t, clip_denoised)
+    alpha_bar = at(schedule.alphas_cumprod, t, x_t.ndim)
+    alpha_bar_prev = at(schedule.alphas_cumprod_prev, t, x_t.ndim)
+    sigma = (
+        eta
+        * jnp.sqrt((1.0 - alpha_bar_prev) / (1.0 - alpha_bar))
+        * jnp.sqrt(1.0 - alpha_bar / alpha_bar_prev)
+    )
+    direction = jnp.sqrt(jnp.maximum(1.0 - alpha_bar_prev - jnp.square(sigma), 0.0))
+    mean = jnp.sqrt(alpha_bar_prev) * out["pred_x0"] + direction * out["pred_eps"]
+    z = jax.random.normal(key, x_t.shape, x_t.dtype)
+    x_prev = mean + _noise_unless_last(x_t, t) * sigma * z
+    return x_prev, out["pred_x0"]
+
+
+STEPS = {"ddpm": ddpm_step, "ddim": ddim_step}
+
+
+def sample(
+    denoise: Denoiser,
+    params: Any,
+    schedule: Schedule,
+    spec: DiffusionSpec,
+    key: jax.Array,
+    shape: tuple[int, ...],
+    cond: Any = None,
+    *,
+    method: str = "ddpm",
+    eta: float | jax.Array = 0.0,
+    clip_denoised: bool = True,
+    return_trajectory: bool = False,
+    x_T: jax.Array | None = None,
+) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
+    """Draw samples by running the reverse chain of ``schedule`` from noise to data.
+
+    Args:
+      denoise: ``denoise(params, x_t, t, cond)``, called with original steps.
+      params: the denoiser's parameters (EMA params, usually).
+      schedule: the chain to run, full or respaced.
+      spec: how to read the denoiser's output.
+      key: PRNG key; the samples are a pure function of it.
+      shape: [B, ...] of the samples.
+      cond: passed to ``denoise`` unchanged at every step (e.g. labels [B]).
+      method: ``ddpm`` (ancestral, the model's variance) or ``ddim`` (with ``eta``).
+      eta: DDIM's eta; ignored by ``ddpm``.
+      clip_denoised: clip x_0-hat to [-1, 1] at each step.
+      return_trajectory: also return every x_t and x_0-hat.
+      x_T: start from this [B, ...] instead of noise drawn from ``key``.
+
+    Returns:
+      x_0 samples [B, ...]; with ``return_trajectory`` also a dict ``x`` [K, B, ...] (x_t
+      before each step, index 0 = the start at the last step) and ``pred_x0`` [K, B, ...].
+    """
+    if method not in STEPS:
+        raise ValueError(f"unknown sampling method {method!r}; expected one of {sorted(STEPS)}")
+    step_fn = STEPS[method]
+    if method == "ddim":
+        step_fn = functools.partial(ddim_step, eta=eta)
+    init_key, loop_key = jax.random.split(key)
+    if x_T is None:
+        x_T = jax.random.normal(init_key, shape, jnp.float32)
+    chex.assert_shape(x_T, shape)
+    batch_size = shape[0]
+
+    def body(x, index):
+        t = jnp.full((batch_size,), index, jnp.int32)
+        output = denoise(params, x, schedule.timestep_map[t], cond)
+        x_prev, pred_x0 = step_fn(spec, schedule, output, x, t, jax.random.fold_in(loop_key, index), clip_denoised)
+        return x_prev, (x, pred_x0) if return_trajectory else None
+
+    indices = jnp.arange(schedule.num_timesteps - 1, -1, -1, dtype=jnp.int32)
+    x0, trajectory = jax.lax.scan(body, x_T, indices)
+    if return_trajectory:
+        return x0, dict(x=trajectory[0], pred_x0=trajectory[1])
+    return x0
+
+
+def classifier_free_guidance(
+    denoise: Denoiser, guidance_weight: float | jax.Array, null_cond: Any
+) -> Denoiser:
+    """Wrap a conditional denoiser into its guided version (Ho & Salimans 2021, eq. 6).
+
+    eps~ = (1 + w) eps(x_t, c) - w eps(x_t, null). The combination is applied to the mean
+    prediction channels whatever the mean type: x_0 and v are affine functions of eps
+    at a fixed (x_t, t) whose coefficients on eps-space do not depend on c, so combining
+    them with weights (1 + w, -w), which sum to one, equals combining eps and converting.
+    Learned-variance channels are taken from the conditional output. Both passes run as
+    one batch of 2B.
+
+    Args:
+      denoise: the conditional denoiser.
+      guidance_weight: w (0 = the plain conditional model).
+      null_cond: the "no condition" value, a pytree shaped like the ``cond`` the wrapper
+        will be called with (e.g. labels [B] all equal to the null class).
+
+    Returns:
+      ``guided(params, x_t, t, cond)``, shaped like ``denoise``.
+    """
+
+    def guided(params, x_t, t, cond):
+        both = jax.tree.map(lambda c, n: jnp.concatenate([c, n], axis=0), cond, null_cond)
+        output = denoise(params, jnp.concatenate([x_t, x_t]), jnp.concatenate([t, t]), both)
+        conditional, unconditional = jnp.split(output, 2, axis=0)
+        channels = x_t.shape[-1]
+        guided_mean = (1.0 + guidance_weight) * conditional[..., :channels] - guidance_weight * unconditional[..., :channels]
+        return jnp.concatenate([guided_mean, conditional[..., channels:]], axis=-1)
+
+    return guided
