@@ -29,7 +29,7 @@ def bpd(
     schedule: Schedule,
     spec: DiffusionSpec,
     x0: jax.Array,
-    key: jax.Array,
+    keys: jax.Array,
     cond: Any = None,
     clip_denoised: bool = True,
 ) -> dict[str, jax.Array]:
@@ -41,7 +41,10 @@ def bpd(
       schedule: the chain; ``vb`` is indexed like it.
       spec: how to read the denoiser's output.
       x0: [B, ...] data on the 8-bit grid in [-1, 1].
-      key: PRNG key; the noise at index t is drawn from ``fold_in(key, t)``.
+      keys: one PRNG key per example, [B] (new-style) or [B, 2] (raw uint32); example
+        i's noise at index t is drawn from ``fold_in(keys[i], t)``, so an example's terms
+        do not depend on the batch it is evaluated in (e.g. give example n of a data set
+        the key ``fold_in(root, n)``).
       cond: passed to ``denoise``.
       clip_denoised: clip x_0-hat to [-1, 1] (the papers' evaluation setting).
 
@@ -52,10 +55,12 @@ def bpd(
       ``eps_mse`` [B, T] (MSE of the x_0 and eps predictions at each t).
     """
     batch_size = x0.shape[0]
+    if keys.shape[0] != batch_size:
+        raise ValueError(f"bpd needs one key per example: got {keys.shape[0]} keys for a batch of {batch_size}")
 
     def term(_, index):
         t = jnp.full((batch_size,), index, jnp.int32)
-        noise = jax.random.normal(jax.random.fold_in(key, index), x0.shape, x0.dtype)
+        noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, index), x0.shape[1:], x0.dtype))(keys)
         x_t = q_sample(schedule, x0, t, noise)
         output = denoise(params, x_t, schedule.timestep_map[t], cond)
         out = vb_terms_bpd(spec, schedule, output, x0, x_t, t, clip_denoised)
