@@ -1,0 +1,1 @@
+"""Evaluation: sample generation, picture writers (and later NLL and Fréchet distances)."""

@@ -1,0 +1,182 @@
+"""The training loop: build or resume the state, feed global batches, log, checkpoint, sample."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from diffjax.checkpoint import Checkpointer, PreemptionFlag
+from diffjax.config import validate
+from diffjax.evaluation.sampling import make_sampler
+from diffjax.models.denoiser import init_params
+from diffjax.parallel import global_batch, make_mesh, replicated_sharding
+from diffjax.train.metrics import MetricsWriter
+from diffjax.train.optim import make_optimizer
+from diffjax.train.recipe import Recipe
+from diffjax.train.state import TrainState, init_train_state
+from diffjax.train.step import make_train_step
+
+__all__ = ["NonFiniteLossError", "abstract_train_state", "make_init_fn", "train_and_evaluate"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or gradient became NaN/inf; the state and checkpoints before it are intact."""
+
+
+def make_init_fn(recipe: Recipe, config: ml_collections.ConfigDict):
+    """``init(rng) -> TrainState`` for the recipe (pure; jit it with output shardings)."""
+    optimizer = make_optimizer(config.train)
+
+    def init(rng):
+        params = init_params(recipe.model, jax.random.fold_in(rng, 0), recipe.input_shape)
+        return init_train_state(params, optimizer, recipe.diffusion.timestep_sampler.init(), rng)
+
+    return init
+
+
+def abstract_train_state(recipe: Recipe, config: ml_collections.ConfigDict, mesh=None) -> TrainState:
+    """Shapes, dtypes (and shardings when ``mesh`` is given) of the state, without compute."""
+    abstract = jax.eval_shape(make_init_fn(recipe, config), jax.random.PRNGKey(0))
+    if mesh is None:
+        return abstract
+    sharding = replicated_sharding(mesh)
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract)
+
+
+def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    path = os.path.join(workdir, "config.json")
+    with open(path, "w") as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def _any_process(flag: bool) -> bool:
+    if jax.process_count() == 1:
+        return flag
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, recipe: Recipe) -> TrainState:
+    """Train ``recipe`` as ``config`` says, in ``workdir``, resuming from its last checkpoint.
+
+    Writes ``config.json``, ``checkpoints/``, ``metrics.jsonl``, TensorBoard events and
+    ``samples/step_N.png``. Stops after ``config.train.num_steps`` updates, or after saving
+    when SIGTERM arrives (preemption).
+
+    Raises:
+      NonFiniteLossError: a step's loss or gradient was NaN/inf. No update of that step
+        (or later) was applied, and no checkpoint after the last good step was written.
+
+    Returns:
+      The final state.
+    """
+    validate(config)
+    train = config.train
+    is_main = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+    if is_main:
+        _write_config(config, workdir)
+
+    mesh = make_mesh()
+    if train.batch_size % mesh.devices.size:
+        raise ValueError(f"config.train.batch_size={train.batch_size} must be divisible by the {mesh.devices.size} devices")
+    optimizer = make_optimizer(train)
+    checkpointer = Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        max_to_keep=train.keep_checkpoints,
+        save_interval_steps=train.checkpoint_every,
+        async_save=train.async_checkpoints,
+    )
+    abstract_state = abstract_train_state(recipe, config, mesh)
+    if checkpointer.latest_step() is not None:
+        state = checkpointer.restore(abstract_state)
+    else:
+        init = jax.jit(make_init_fn(recipe, config), out_shardings=replicated_sharding(mesh))
+        state = init(jax.random.PRNGKey(train.seed))
+    start_step = int(state.step)
+
+    step_fn = make_train_step(recipe, optimizer, train.ema_decay, mesh)
+    draw = make_sampler(
+        recipe, mesh, num_samples=config.sample.num, steps=config.sample.steps, method=config.sample.method,
+        eta=config.sample.eta, clip_denoised=config.sample.clip_denoised, guidance_weight=config.sample.guidance_weight,
+    )
+    writer = MetricsWriter(workdir, enabled=is_main)
+    preemption = PreemptionFlag()
+    batches = recipe.train_batches(start_step)
+    progress = _progress_bar(is_main, start_step, train.num_steps)
+    pending: list[dict[str, Any]] = []
+    last_log_time, last_log_step = time.perf_counter(), start_step
+
+    def check_finite(up_to_step: int) -> None:
+        if not pending:
+            return
+        finite = np.asarray(jax.device_get([m["finite"] for m in pending]))
+        if not finite.all():
+            bad = up_to_step - len(pending) + int(np.argmin(finite)) + 1
+            checkpointer.wait_until_finished()
+            raise NonFiniteLossError(
+                f"the loss or gradient became NaN/inf at step {bad}; updates stopped there. "
+                f"The last checkpoint is step {checkpointer.latest_step()} in {checkpointer.directory}. "
+                "Lower config.train.lr, check the data, or train in float32."
+            )
+
+    try:
+        for step in range(start_step, train.num_steps):
+            batch = global_batch(mesh, next(batches))
+            state, metrics = step_fn(state, batch)
+            pending.append(metrics)
+            done = step + 1
+            if done % train.log_every == 0 or done == train.num_steps:
+                check_finite(done)
+                now = time.perf_counter()
+                means = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0] if k != "finite"}
+                means["steps_per_sec"] = (done - last_log_step) / (now - last_log_time)
+                last_log_time, last_log_step = now, done
+                writer.write(done, means)
+                progress.update(done, means)
+                pending.clear()
+            if done % train.checkpoint_every == 0 or done == train.num_steps:
+                check_finite(done)
+                checkpointer.save(done, state, force=True)
+            if done % train.sample_every == 0 or done == train.num_steps:
+                samples = draw(state.ema_params, jax.random.fold_in(jax.random.PRNGKey(train.seed + 1), done))
+                if is_main:
+                    recipe.save_samples(samples, os.path.join(workdir, "samples", f"step_{done}.png"))
+            if done % train.log_every == 0 and _any_process(preemption.is_set()):
+                check_finite(done)
+                checkpointer.save(done, state, force=True)
+                break
+    finally:
+        checkpointer.close()
+        writer.close()
+        progress.close()
+        preemption.restore()
+    return state
+
+
+class _progress_bar:
+    """tqdm on the main process (step, loss, steps/s), silent elsewhere."""
+
+    def __init__(self, enabled: bool, start: int, total: int):
+        self._bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, mininterval=1.0)
+        self._position = start
+
+    def update(self, step: int, metrics: dict[str, float]) -> None:
+        if self._bar is not None:
+            self._bar.update(step - self._position)
+            self._bar.set_postfix(loss=f"{metrics['loss']:.4f}", steps_per_sec=f"{metrics['steps_per_sec']:.2f}")
+        self._position = step
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

@@ -1,0 +1,138 @@
+"""What an experiment hands the trainer: the model, the diffusion, the data and the plots."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import flax.linen as nn
+import ml_collections
+import numpy as np
+
+from diffjax.gaussian import DiffusionSpec
+from diffjax.losses import Objective
+from diffjax.schedules import Schedule, named_schedule
+from diffjax.timesteps import TimestepSampler, make_timestep_sampler
+
+__all__ = ["Diffusion", "Recipe", "diffusion_from_config", "image_recipe", "toy_recipe"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Diffusion:
+    """The diffusion side of a recipe: the chain, how outputs are read, the objective,
+    and how training steps are drawn."""
+
+    schedule: Schedule
+    spec: DiffusionSpec
+    objective: Objective
+    timestep_sampler: TimestepSampler
+
+
+def diffusion_from_config(diffusion_config: ml_collections.ConfigDict) -> Diffusion:
+    """Build the ``Diffusion`` that ``config.diffusion`` describes."""
+    c = diffusion_config
+    schedule = named_schedule(c.schedule, c.timesteps)
+    return Diffusion(
+        schedule=schedule,
+        spec=DiffusionSpec(c.mean_type, c.var_type),
+        objective=Objective(c.objective, rescale_vlb=c.rescale_vlb, weighting=c.loss_weighting, snr_gamma=c.snr_gamma),
+        timestep_sampler=make_timestep_sampler(c.timestep_sampler, schedule.num_timesteps),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """Everything ``train_and_evaluate`` needs besides the config.
+
+    Attributes:
+      model: the Flax denoiser network (``model.apply({"params": p}, x, t, labels, train=)``).
+      input_shape: one example's shape, (H, W, C) or (D,).
+      diffusion: schedule, spec, objective, timestep sampler.
+      rescale_timesteps: feed the network t * 1000 / T (improved DDPM).
+      num_classes: > 0 for a class-conditional model (label num_classes = null class).
+      class_dropout: probability of replacing a label by the null class in training.
+      train_batches: ``train_batches(start_step)`` -> iterator of this host's numpy batches
+        ``{"image": float32 [b, *input_shape], "label": int32 [b]}`` for steps start_step, ...
+      save_samples: ``save_samples(samples, path)`` writes a picture of float samples
+        [N, *input_shape] to ``path`` (a PNG grid for images, a scatter plot for 2-D data).
+      eval_batches: optional ``eval_batches()`` -> iterable over the evaluation split.
+    """
+
+    model: nn.Module
+    input_shape: tuple[int, ...]
+    diffusion: Diffusion
+    rescale_timesteps: bool
+    train_batches: Callable[[int], Iterator[dict[str, np.ndarray]]]
+    save_samples: Callable[[np.ndarray, str], None]
+    num_classes: int = 0
+    class_dropout: float = 0.0
+    eval_batches: Callable[[], Any] | None = None
+
+
+def image_recipe(config: ml_collections.ConfigDict, model: nn.Module) -> Recipe:
+    """The recipe of an image experiment: tfds data by ``config.data.name``, PNG grids.
+
+    Checks at once that the data set is prepared (a clear error otherwise, no download).
+    """
+    from diffjax.data import make_eval_batches, make_train_iterator, prepared_builder
+    from diffjax.evaluation.pictures import save_image_grid
+
+    data = config.data
+    prepared_builder(data.name, data.data_dir)  # fail now, before anything compiles
+
+    def train_batches(start_step: int):
+        return make_train_iterator(
+            data.name,
+            global_batch_size=config.train.batch_size,
+            seed=config.train.seed,
+            start_step=start_step,
+            image_size=data.image_size,
+            random_flip=data.random_flip,
+            data_dir=data.data_dir,
+        )
+
+    def eval_batches():
+        return make_eval_batches(
+            data.name, batch_size=config.eval.batch_size, split=config.eval.split,
+            num_examples=config.eval.num_examples or None, image_size=data.image_size, data_dir=data.data_dir,
+        )
+
+    return Recipe(
+        model=model,
+        input_shape=(data.image_size, data.image_size, data.channels),
+        diffusion=diffusion_from_config(config.diffusion),
+        rescale_timesteps=config.model.rescale_timesteps,
+        train_batches=train_batches,
+        save_samples=save_image_grid,
+        num_classes=data.num_classes,
+        class_dropout=config.model.class_dropout,
+        eval_batches=eval_batches,
+    )
+
+
+def toy_recipe(config: ml_collections.ConfigDict, model: nn.Module) -> Recipe:
+    """The recipe of a 2-D toy experiment: numpy samples of ``config.data.name``, scatter
+    plots of samples over data."""
+    from diffjax.data import make_toy_iterator, sample as sample_toy
+    from diffjax.evaluation.pictures import save_scatter
+
+    name = config.data.name
+    reference = sample_toy(name, 2000, seed=config.train.seed + 1)  # unknown names fail here
+
+    def train_batches(start_step: int):
+        batches = make_toy_iterator(
+            name, global_batch_size=config.train.batch_size, seed=config.train.seed, start_step=start_step
+        )
+        return ({"image": b["x"], "label": b["label"]} for b in batches)
+
+    return Recipe(
+        model=model,
+        input_shape=(int(reference.shape[1]),),
+        diffusion=diffusion_from_config(config.diffusion),
+        rescale_timesteps=config.model.rescale_timesteps,
+        train_batches=train_batches,
+        save_samples=lambda samples, path: save_scatter(samples, path, reference),
+        num_classes=config.data.num_classes,
+        class_dropout=config.model.class_dropout,
+    )

@@ -1,0 +1,68 @@
+"""The one entry point: train an experiment, or check it with --dry_run.
+
+    python launch.py --config experiments/digits_ddpm.py --workdir runs/digits
+    python launch.py --config experiments/ddpm_cifar10.py --workdir runs/c10 --config.train.batch_size=64
+    python launch.py --config experiments/iddpm_cifar10.py:hybrid_cosine --workdir runs/x --dry_run
+
+An experiment file defines ``get_config(arg)`` (a locked ml_collections ConfigDict; ``arg``
+is what follows ":" in --config) and ``build(config)`` (returns the ``Recipe``).
+Multi-host: on TPU pods and SLURM clusters JAX finds its peers by itself; elsewhere give
+--coordinator_address, --num_processes and --process_id to every process.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment file, optionally with ':arg'.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and samples go (resumes from it).")
+flags.DEFINE_bool("dry_run", False, "Validate the config, build the model, print its parameters and exit.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
+flags.DEFINE_integer("num_processes", None, "Number of processes, for multi-process runs.")
+flags.DEFINE_integer("process_id", None, "This process's index, for multi-process runs.")
+flags.mark_flags_as_required(["config"])
+
+
+def load_experiment(path: str):
+    """Import an experiment file by path."""
+    spec = importlib.util.spec_from_file_location("experiment", path)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"cannot import experiment file {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not FLAGS.is_parsed() or FLAGS["verbosity"].using_default_value:
+        logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+    from diffjax import parallel
+
+    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+
+    from diffjax.config import validate
+    from diffjax.train import train_and_evaluate
+
+    config = FLAGS.config
+    validate(config)
+    experiment = load_experiment(config_flags.get_config_filename(FLAGS["config"]).split(":")[0])
+    recipe = experiment.build(config)
+    if FLAGS.dry_run:
+        from diffjax.models.summary import parameter_table
+
+        print(parameter_table(recipe.model, recipe.input_shape))
+        return
+    if not FLAGS.workdir:
+        raise app.UsageError("--workdir is required to train")
+    train_and_evaluate(config, FLAGS.workdir, recipe)
+
+
+if __name__ == "__main__":
+    app.run(main)
