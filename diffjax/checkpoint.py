@@ -38,6 +38,7 @@ class Checkpointer:
         self.directory = directory if "://" in directory else os.path.abspath(directory)
         self._manager = ocp.CheckpointManager(
             self.directory,
+            item_handlers=ocp.StandardCheckpointHandler(),
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=max_to_keep,
                 save_interval_steps=save_interval_steps,
@@ -81,12 +82,12 @@ class Checkpointer:
         stored = self._manager.item_metadata(step)
         stored = getattr(stored, "tree", stored)
         stored_shapes = {
-            jax.tree_util.keystr(path): tuple(leaf.shape)
+            _path_name(path): tuple(leaf.shape)
             for path, leaf in jax.tree_util.tree_flatten_with_path(stored)[0]
             if hasattr(leaf, "shape")
         }
         wanted_shapes = {
-            jax.tree_util.keystr(path): tuple(np.shape(leaf))
+            _path_name(path): tuple(np.shape(leaf))
             for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]
         }
         problems = []
@@ -114,6 +115,20 @@ class Checkpointer:
         """Finish pending saves and release the manager."""
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def _path_name(path) -> str:
+    """'params/dense/kernel' for a pytree path, whether it went through dataclass
+    attributes (the live state) or dict keys (the stored tree)."""
+    parts = []
+    for entry in path:
+        for attribute in ("key", "name", "idx"):
+            if hasattr(entry, attribute):
+                parts.append(str(getattr(entry, attribute)))
+                break
+        else:
+            parts.append(str(entry))
+    return "/".join(parts)
 
 
 def _as_abstract(leaf):

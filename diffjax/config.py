@@ -83,7 +83,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.sample.guidance_weight = 0.0
 
     config.eval = ml_collections.ConfigDict()
-    config.eval.split = "test"
+    config.eval.split = ""  # "": the data set's own evaluation split
     config.eval.batch_size = 256
     config.eval.num_examples = 0  # 0: the whole split
     return config

@@ -12,11 +12,8 @@ diffusion is DDPM's (linear T=1000, eps, L_simple); a higher learning rate and a
 EMA make 1500 steps enough.
 """
 
-import jax.numpy as jnp
-
 from diffjax.config import base_config
-from diffjax.models import make_unet
-from diffjax.train.recipe import image_recipe
+from diffjax.train.recipe import image_recipe, unet_from_config
 
 
 def get_config(arg: str | None = None):
@@ -54,11 +51,4 @@ def get_config(arg: str | None = None):
 
 
 def build(config):
-    model = make_unet(
-        config.model.name,
-        dropout=config.model.dropout,
-        out_channels=2 * config.data.channels if config.diffusion.var_type.startswith("learned") else config.data.channels,
-        num_classes=config.data.num_classes or None,
-        dtype=jnp.dtype(config.model.dtype),
-    )
-    return image_recipe(config, model)
+    return image_recipe(config, unet_from_config(config))

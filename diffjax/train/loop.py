@@ -93,6 +93,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, recipe: 
         save_interval_steps=train.checkpoint_every,
         async_save=train.async_checkpoints,
     )
+    # Open the data first: a missing data set fails here, before anything compiles.
+    batches = recipe.train_batches(checkpointer.latest_step() or 0)
     abstract_state = abstract_train_state(recipe, config, mesh)
     if checkpointer.latest_step() is not None:
         state = checkpointer.restore(abstract_state)
@@ -100,6 +102,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, recipe: 
         init = jax.jit(make_init_fn(recipe, config), out_shardings=replicated_sharding(mesh))
         state = init(jax.random.PRNGKey(train.seed))
     start_step = int(state.step)
+    if start_step != (checkpointer.latest_step() or 0):
+        raise RuntimeError(f"restored state is at step {start_step}, its checkpoint at {checkpointer.latest_step()}")
 
     step_fn = make_train_step(recipe, optimizer, train.ema_decay, mesh)
     draw = make_sampler(
@@ -108,7 +112,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, recipe: 
     )
     writer = MetricsWriter(workdir, enabled=is_main)
     preemption = PreemptionFlag()
-    batches = recipe.train_batches(start_step)
     progress = _progress_bar(is_main, start_step, train.num_steps)
     pending: list[dict[str, Any]] = []
     last_log_time, last_log_step = time.perf_counter(), start_step

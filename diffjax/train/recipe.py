@@ -15,7 +15,7 @@ from diffjax.losses import Objective
 from diffjax.schedules import Schedule, named_schedule
 from diffjax.timesteps import TimestepSampler, make_timestep_sampler
 
-__all__ = ["Diffusion", "Recipe", "diffusion_from_config", "image_recipe", "toy_recipe"]
+__all__ = ["Diffusion", "Recipe", "diffusion_from_config", "image_recipe", "toy_recipe", "unet_from_config"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,13 +73,13 @@ class Recipe:
 def image_recipe(config: ml_collections.ConfigDict, model: nn.Module) -> Recipe:
     """The recipe of an image experiment: tfds data by ``config.data.name``, PNG grids.
 
-    Checks at once that the data set is prepared (a clear error otherwise, no download).
+    Building it reads no data (``--dry_run`` needs none); ``train_batches`` opens the
+    data set and fails at once, with what to do, when it is not prepared.
     """
-    from diffjax.data import make_eval_batches, make_train_iterator, prepared_builder
+    from diffjax.data import make_eval_batches, make_train_iterator
     from diffjax.evaluation.pictures import save_image_grid
 
     data = config.data
-    prepared_builder(data.name, data.data_dir)  # fail now, before anything compiles
 
     def train_batches(start_step: int):
         return make_train_iterator(
@@ -94,7 +94,7 @@ def image_recipe(config: ml_collections.ConfigDict, model: nn.Module) -> Recipe:
 
     def eval_batches():
         return make_eval_batches(
-            data.name, batch_size=config.eval.batch_size, split=config.eval.split,
+            data.name, batch_size=config.eval.batch_size, split=config.eval.split or None,
             num_examples=config.eval.num_examples or None, image_size=data.image_size, data_dir=data.data_dir,
         )
 
@@ -135,4 +135,21 @@ def toy_recipe(config: ml_collections.ConfigDict, model: nn.Module) -> Recipe:
         save_samples=lambda samples, path: save_scatter(samples, path, reference),
         num_classes=config.data.num_classes,
         class_dropout=config.model.class_dropout,
+    )
+
+
+def unet_from_config(config: ml_collections.ConfigDict) -> nn.Module:
+    """The named UNet of ``config.model.name`` with the run's dropout, dtype, classes and
+    output channels (2C when ``config.diffusion.var_type`` is learned)."""
+    import jax.numpy as jnp
+
+    from diffjax.models import make_unet
+
+    spec = DiffusionSpec(config.diffusion.mean_type, config.diffusion.var_type)
+    return make_unet(
+        config.model.name,
+        dropout=config.model.dropout,
+        out_channels=spec.output_channels(config.data.channels),
+        num_classes=config.data.num_classes or None,
+        dtype=jnp.dtype(config.model.dtype),
     )

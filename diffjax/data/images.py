@@ -1,0 +1,676 @@
+"""Image input pipeline: tfds data set -> per-host numpy batches in [-1, 1].
+
+Every batch is ``{"image": float32 [b, H, W, C] in [-1, 1], "label": int32
+[b]}`` with ``b = global_batch_size // process_count`` (the per-host batch);
+pixels are ``x / 127.5 - 1`` of the uint8 values. Unlabelled data sets give
+label 0.
+
+Determinism and resumption. The training batches are a pure function of
+``(seed, step)`` (and of the data set, image size, batch size and host
+layout): ``make_train_iterator(..., start_step=k)`` yields exactly the batches
+k, k+1, ... that an uninterrupted iterator from step 0 yields. Epochs have a
+fixed length of ``steps_per_epoch`` batches, so step k lies in epoch
+``k // steps_per_epoch`` at batch ``k % steps_per_epoch``; the examples left
+over at the end of an epoch (fewer than a batch) are skipped in that epoch
+only, since each epoch has its own order. Two paths:
+
+* in memory (default for digits, mnist, fashion_mnist, cifar10): every host
+  decodes the whole split once into a uint8 numpy array. Epoch e visits the
+  examples in ``permutation(seed, e)``; global batch j of the epoch is
+  positions ``[j*B, (j+1)*B)`` of it and host i takes rows ``[i*b, (i+1)*b)``
+  of that global batch. So the *global* batch of a step does not depend on the
+  number of hosts, and hosts never share an example within an epoch.
+  Resuming costs nothing (random access).
+* streaming (the other data sets; or ``in_memory=False``): host i reads only
+  its own contiguous 1/process_count of the split
+  (``tfds.even_splits(split, n, drop_remainder=True)[i]``) through tf.data.
+  In epoch e the shard is cut into ``read_chunks`` contiguous chunks that are
+  read concurrently and merged in a random interleaving, and the merged
+  stream is permuted window by window (``shuffle_window`` records), all from
+  (seed, e, i) through numpy or stateless TF random ops, so TensorFlow's
+  global seed (``tf.random.set_seed``) has no effect. (tfds already stores
+  records in a hashed, i.e. random, order.) Images are decoded after the
+  shuffle and after skipping, so resuming in the middle of an epoch only
+  reads, never decodes, the skipped records.
+
+Random horizontal flips (on by default where the spec says, e.g. CIFAR-10;
+never on by default for digits or MNIST) are drawn per step from
+``(seed, step)`` for the whole global batch, and each host applies its slice.
+
+Evaluation: :func:`make_eval_batches` goes over a split exactly once, in file
+order, each host its contiguous shard (``tfds.even_splits``), padding the last
+batches with zero images (-1 after scaling) and ``mask == False`` so that all
+hosts yield the same number of batches.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterator
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from diffjax.data import hosts
+from diffjax.data.catalog import ImageDatasetSpec
+from diffjax.data.catalog import image_dataset_spec
+from diffjax.data.catalog import prepared_builder
+
+Batch = dict[str, np.ndarray]
+
+_DECODE_BATCH = 1024  # Examples per tf.data batch when loading into memory.
+
+
+# ---------------------------------------------------------------------------
+# Pure numpy pieces shared by both paths.
+
+
+def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+    """The order in which the in-memory path visits a split in one epoch.
+
+    Returns:
+      int64 [num_examples], a permutation depending only on (seed, epoch).
+    """
+    return hosts.rng(hosts.SHUFFLE_STREAM, seed, epoch).permutation(num_examples)
+
+
+def flip_mask(seed: int, step: int, global_batch_size: int) -> np.ndarray:
+    """Which images of the global batch of a step are flipped horizontally.
+
+    Returns:
+      bool [global_batch_size], each True with probability 1/2, depending only
+      on (seed, step). Host i uses entries ``[i*b, (i+1)*b)``.
+    """
+    draws = hosts.rng(hosts.FLIP_STREAM, seed, step).random(global_batch_size)
+    return draws < 0.5
+
+
+def to_model_batch(images: np.ndarray, labels: np.ndarray, flips: np.ndarray | None = None) -> Batch:
+    """Flips and scales a uint8 batch into the model's convention.
+
+    Args:
+      images: uint8 [b, H, W, C].
+      labels: integer [b].
+      flips: optional bool [b]; True flips that image left-right (along W).
+
+    Returns:
+      ``{"image": float32 [b, H, W, C] = images / 127.5 - 1, "label": int32 [b]}``.
+    """
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"Expected uint8 images [b, H, W, C], got {images.dtype} {images.shape}.")
+    if flips is not None:
+        images = np.where(flips[:, None, None, None], images[:, :, ::-1], images)
+    scaled = images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+    return {"image": scaled, "label": np.asarray(labels, dtype=np.int32)}
+
+
+def in_memory_train_batch(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    seed: int,
+    step: int,
+    global_batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    random_flip: bool = False,
+    permutation: np.ndarray | None = None,
+) -> Batch:
+    """The training batch of one host at one step, from arrays in memory.
+
+    A pure function of its arguments (see the module docstring for the order).
+
+    Args:
+      images: uint8 [N, H, W, C], the whole training split.
+      labels: integer [N].
+      seed: non-negative int.
+      step: non-negative int, the training step.
+      global_batch_size: B, a multiple of process_count, at most N.
+      process_index: this host, in [0, process_count).
+      process_count: number of hosts.
+      random_flip: flip images left-right with probability 1/2.
+      permutation: ``epoch_permutation(seed, step // steps_per_epoch, N)``
+        when the caller has it already (saves recomputing it each step).
+
+    Returns:
+      ``{"image": float32 [b, H, W, C], "label": int32 [b]}``, b = B / P.
+    """
+    seed, step = hosts.check_seed(seed), hosts.check_step(step, "step")
+    num_examples = images.shape[0]
+    per_host = hosts.per_host_batch_size(global_batch_size, process_count)
+    steps_per_epoch = _steps_per_epoch(num_examples, global_batch_size)
+    epoch, batch_in_epoch = divmod(step, steps_per_epoch)
+    if permutation is None:
+        permutation = epoch_permutation(seed, epoch, num_examples)
+    start = batch_in_epoch * global_batch_size + process_index * per_host
+    rows = permutation[start : start + per_host]
+    flips = None
+    if random_flip:
+        flips = flip_mask(seed, step, global_batch_size)
+        flips = flips[process_index * per_host : (process_index + 1) * per_host]
+    return to_model_batch(images[rows], labels[rows], flips)
+
+
+def _steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    if num_examples < batch_size:
+        raise ValueError(
+            f"The split has {num_examples} examples (per host where streaming), fewer than one batch of {batch_size}."
+        )
+    return num_examples // batch_size
+
+
+# ---------------------------------------------------------------------------
+# tf.data pieces.
+
+
+def _deterministic_options() -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = True
+    return options
+
+
+def _decode_fn(spec: ImageDatasetSpec, builder, image_size: int) -> Callable[[dict], tuple[tf.Tensor, tf.Tensor]]:
+    """Maps a record with the image still encoded to (uint8 image, int32 label).
+
+    The image is decoded, centre-cropped to a square when the spec asks, and
+    resized (bilinear, antialiased, rounded) when its size is not image_size.
+    """
+    image_feature = builder.info.features["image"]
+    resize = spec.center_crop or spec.native_size != image_size
+
+    def decode(example):
+        image = image_feature.decode_example(example["image"])
+        if spec.center_crop:
+            height, width = tf.shape(image)[0], tf.shape(image)[1]
+            side = tf.minimum(height, width)
+            image = tf.image.crop_to_bounding_box(image, (height - side) // 2, (width - side) // 2, side, side)
+        if resize:
+            image = tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=True)
+            image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+        image = tf.ensure_shape(image, [image_size, image_size, spec.channels])
+        if spec.num_classes is None:
+            label = tf.zeros([], tf.int32)
+        else:
+            label = tf.cast(example["label"], tf.int32)
+        return image, label
+
+    return decode
+
+
+def _needed_keys(spec: ImageDatasetSpec) -> tuple[str, ...]:
+    return ("image",) if spec.num_classes is None else ("image", "label")
+
+
+def _encoded_records(builder, split, keys: tuple[str, ...], *, lean: bool = False) -> tf.data.Dataset:
+    """The records of a split in file order, the image left encoded (cheap to skip).
+
+    Only the features named in ``keys`` are kept. ``lean`` reads one file at a
+    time without tfds' own prefetch, for the many small concurrent readers of
+    :func:`_shuffled_records`.
+    """
+    lean_options = {}
+    if lean:
+        lean_options = dict(
+            interleave_cycle_length=1,
+            num_parallel_calls_for_interleave_files=1,
+            skip_prefetch=True,
+        )
+    read_config = tfds.ReadConfig(try_autocache=False, options=_deterministic_options(), **lean_options)
+    ds = builder.as_dataset(
+        split=split,
+        shuffle_files=False,
+        decoders={"image": tfds.decode.SkipDecoding()},
+        read_config=read_config,
+    )
+    return ds.map(lambda example: {key: example[key] for key in keys})
+
+
+def _shuffled_records(
+    builder,
+    shard,
+    keys: tuple[str, ...],
+    *,
+    order_seed: list[int],
+    num_chunks: int,
+    window: int,
+) -> tf.data.Dataset:
+    """The records of a shard in an order fixed by ``order_seed`` alone.
+
+    The shard is cut into ``num_chunks`` contiguous chunks, read concurrently
+    and merged in a uniformly random interleaving (a numpy permutation of the
+    chunk ids); the merged stream is then permuted window by window (stateless
+    random numbers seeded by (order_seed, window index)). Only stateless or
+    numpy randomness is used, so TensorFlow's global seed has no effect.
+    """
+    chunks = tfds.even_splits(shard, n=num_chunks)
+    sizes = [builder.info.splits[chunk].num_examples for chunk in chunks]
+    numpy_rng = hosts.rng(*order_seed)
+    choice = numpy_rng.permutation(np.repeat(np.arange(len(chunks)), sizes))
+    ds = tf.data.Dataset.choose_from_datasets(
+        [_encoded_records(builder, chunk, keys, lean=True) for chunk in chunks],
+        tf.data.Dataset.from_tensor_slices(choice.astype(np.int64)),
+    )
+    window_seed = tf.constant(hosts.int64_seed(*order_seed) & 0x7FFFFFFF, dtype=tf.int64)
+
+    def permute_window(index, records):
+        size = tf.shape(tf.nest.flatten(records)[0])[0]
+        keys = tf.random.stateless_uniform([size], seed=tf.stack([window_seed, index]), alg="philox")
+        order = tf.argsort(keys)
+        return tf.nest.map_structure(lambda x: tf.gather(x, order), records)
+
+    ds = ds.batch(window).enumerate().map(permute_window)
+    return ds.unbatch()
+
+
+def _load_uint8(builder, spec, split, image_size) -> tuple[np.ndarray, np.ndarray]:
+    """Decodes a whole split (or shard) into numpy, in file order."""
+    ds = _encoded_records(builder, split, _needed_keys(spec))
+    ds = ds.map(
+        _decode_fn(spec, builder, image_size),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    ds = ds.batch(_DECODE_BATCH).prefetch(tf.data.AUTOTUNE)
+    images, labels = [], []
+    for image_chunk, label_chunk in ds.as_numpy_iterator():
+        images.append(image_chunk)
+        labels.append(label_chunk)
+    if not images:
+        shape = (0, image_size, image_size, spec.channels)
+        return np.zeros(shape, np.uint8), np.zeros((0,), np.int32)
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def load_uint8_images(
+    name: str,
+    *,
+    split: str | None = None,
+    image_size: int | None = None,
+    data_dir: str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decodes a whole split into memory, in the data set's file order.
+
+    Args:
+      name: catalogue name, e.g. ``"digits"``.
+      split: tfds split expression; default the spec's train split.
+      image_size: output side; default the spec's default size.
+      data_dir: tfds data directory (None: tfds' default).
+
+    Returns:
+      images: uint8 [N, image_size, image_size, C].
+      labels: int32 [N] (0 for unlabelled data sets).
+
+    Raises:
+      DatasetNotPreparedError: the data set is not in data_dir.
+    """
+    spec = image_dataset_spec(name)
+    image_size = image_size or spec.default_image_size
+    builder = prepared_builder(name, data_dir)
+    return _load_uint8(builder, spec, split or spec.train_split, image_size)
+
+
+# ---------------------------------------------------------------------------
+# Training iterator.
+
+
+class TrainIterator(Iterator[Batch]):
+    """Infinite iterator over one host's training batches.
+
+    Attributes:
+      step: the step of the batch the next ``next()`` returns.
+      steps_per_epoch: batches per epoch.
+      per_host_batch_size: b, the leading dimension of each batch.
+      image_shape: (H, W, C) of the images.
+      num_classes: number of labels, or None (unlabelled; labels are 0).
+      spec: the data set's :class:`ImageDatasetSpec`.
+      in_memory: which path produces the batches.
+      random_flip: whether images are flipped at random.
+    """
+
+    def __init__(
+        self,
+        batches: Iterator[Batch],
+        *,
+        start_step: int,
+        steps_per_epoch: int,
+        per_host_batch_size: int,
+        image_shape: tuple[int, int, int],
+        spec: ImageDatasetSpec,
+        in_memory: bool,
+        random_flip: bool,
+    ):
+        self._batches = batches
+        self.step = start_step
+        self.steps_per_epoch = steps_per_epoch
+        self.per_host_batch_size = per_host_batch_size
+        self.image_shape = image_shape
+        self.num_classes = spec.num_classes
+        self.spec = spec
+        self.in_memory = in_memory
+        self.random_flip = random_flip
+
+    def __iter__(self) -> "TrainIterator":
+        return self
+
+    def __next__(self) -> Batch:
+        batch = next(self._batches)
+        self.step += 1
+        return batch
+
+
+def make_train_iterator(
+    name: str,
+    *,
+    global_batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    image_size: int | None = None,
+    random_flip: bool | None = None,
+    split: str | None = None,
+    data_dir: str | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    in_memory: bool | None = None,
+    shuffle_window: int = 10_000,
+    read_chunks: int = 16,
+) -> TrainIterator:
+    """Infinite, deterministic, resumable training batches of one host.
+
+    Args:
+      name: catalogue name (``"digits"``, ``"cifar10"``, ``"lsun/bedroom"``...).
+      global_batch_size: B over all hosts; each host yields B / process_count.
+      seed: non-negative int; with the step it fixes every batch.
+      start_step: the step of the first batch (to resume a run).
+      image_size: output side; default the spec's default size. Centre crop +
+        resize where the spec says; resize whenever the stored size differs.
+      random_flip: random left-right flips; None takes the spec's default
+        (True for cifar10, celeb_a, celeb_a_hq, lsun; False otherwise).
+      split: tfds split expression; default the spec's train split.
+      data_dir: tfds data directory (None: tfds' default).
+      process_index: this host (None: ``jax.process_index()``).
+      process_count: number of hosts (None: ``jax.process_count()``).
+      in_memory: decode the split into memory once (None: the spec's default).
+      shuffle_window: streaming path: records permuted together in a window;
+        they are held encoded in memory (10k ImageNet-64 PNGs ~ 100 MB; lower
+        it for LSUN at 256).
+      read_chunks: streaming path: contiguous chunks of the host's shard read
+        concurrently and merged in a random interleaving.
+
+    Returns:
+      A :class:`TrainIterator` of ``{"image": float32 [b, S, S, C] in [-1, 1],
+      "label": int32 [b]}``.
+
+    Raises:
+      DatasetNotPreparedError: the data set is not in data_dir (immediately).
+      ValueError: bad batch size, seed, step or host arguments.
+    """
+    spec = image_dataset_spec(name)
+    seed = hosts.check_seed(seed)
+    start_step = hosts.check_step(start_step)
+    process_index, process_count = hosts.resolve_hosts(process_index, process_count)
+    per_host = hosts.per_host_batch_size(global_batch_size, process_count)
+    image_size = image_size or spec.default_image_size
+    random_flip = spec.random_flip if random_flip is None else bool(random_flip)
+    in_memory = spec.in_memory if in_memory is None else bool(in_memory)
+    split = split or spec.train_split
+    builder = prepared_builder(name, data_dir)
+    common = dict(
+        seed=seed,
+        start_step=start_step,
+        global_batch_size=global_batch_size,
+        process_index=process_index,
+        process_count=process_count,
+        random_flip=random_flip,
+    )
+    if in_memory:
+        images, labels = _load_uint8(builder, spec, split, image_size)
+        steps_per_epoch = _steps_per_epoch(len(images), global_batch_size)
+        batches = _in_memory_batches(images, labels, **common)
+    else:
+        shard = tfds.even_splits(split, process_count, drop_remainder=True)[process_index]
+        shard_size = builder.info.splits[shard].num_examples
+        steps_per_epoch = _steps_per_epoch(shard_size, per_host)
+        batches = _streaming_batches(
+            builder,
+            spec,
+            shard,
+            image_size=image_size,
+            steps_per_epoch=steps_per_epoch,
+            shard_size=shard_size,
+            shuffle_window=shuffle_window,
+            read_chunks=read_chunks,
+            **common,
+        )
+    return TrainIterator(
+        batches,
+        start_step=start_step,
+        steps_per_epoch=steps_per_epoch,
+        per_host_batch_size=per_host,
+        image_shape=(image_size, image_size, spec.channels),
+        spec=spec,
+        in_memory=in_memory,
+        random_flip=random_flip,
+    )
+
+
+def _in_memory_batches(
+    images,
+    labels,
+    *,
+    seed,
+    start_step,
+    global_batch_size,
+    process_index,
+    process_count,
+    random_flip,
+) -> Iterator[Batch]:
+    steps_per_epoch = _steps_per_epoch(len(images), global_batch_size)
+    epoch, permutation = None, None
+    step = start_step
+    while True:
+        if step // steps_per_epoch != epoch:
+            epoch = step // steps_per_epoch
+            permutation = epoch_permutation(seed, epoch, len(images))
+        yield in_memory_train_batch(
+            images,
+            labels,
+            seed=seed,
+            step=step,
+            global_batch_size=global_batch_size,
+            process_index=process_index,
+            process_count=process_count,
+            random_flip=random_flip,
+            permutation=permutation,
+        )
+        step += 1
+
+
+def _streaming_batches(
+    builder,
+    spec,
+    shard,
+    *,
+    seed,
+    start_step,
+    global_batch_size,
+    process_index,
+    process_count,
+    random_flip,
+    image_size,
+    steps_per_epoch,
+    shard_size,
+    shuffle_window,
+    read_chunks,
+) -> Iterator[Batch]:
+    per_host = global_batch_size // process_count
+    decode = _decode_fn(spec, builder, image_size)
+    step = start_step
+    while True:
+        epoch, skip_batches = divmod(step, steps_per_epoch)
+        ds = _shuffled_records(
+            builder,
+            shard,
+            _needed_keys(spec),
+            order_seed=[hosts.READ_ORDER_STREAM, seed, epoch, process_index],
+            num_chunks=max(1, min(read_chunks, shard_size)),
+            window=shuffle_window,
+        )
+        ds = ds.skip(skip_batches * per_host)
+        ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(per_host, drop_remainder=True)
+        ds = ds.prefetch(tf.data.AUTOTUNE).with_options(_deterministic_options())
+        for images, labels in ds.as_numpy_iterator():
+            flips = None
+            if random_flip:
+                flips = flip_mask(seed, step, global_batch_size)
+                flips = flips[process_index * per_host : (process_index + 1) * per_host]
+            yield to_model_batch(images, labels, flips)
+            step += 1
+
+
+# ---------------------------------------------------------------------------
+# Evaluation: one pass over a split.
+
+
+class EvalBatches:
+    """One host's batches of an evaluation split; each ``iter()`` is one pass.
+
+    Each batch is ``{"image": float32 [b, S, S, C], "label": int32 [b],
+    "mask": bool [b]}``; ``mask`` is False on padding rows (zero images, i.e.
+    -1 after scaling, label 0), which only occur in the last batches.
+
+    Attributes:
+      num_batches: batches per pass, the same on every host.
+      num_examples: real (unpadded) examples of this host.
+      total_examples: real examples over all hosts (the split's size).
+      per_host_batch_size: b.
+      image_shape: (S, S, C).
+    """
+
+    def __init__(
+        self,
+        make_pass: Callable[[], Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]],
+        *,
+        num_batches: int,
+        num_examples: int,
+        total_examples: int,
+        per_host_batch_size: int,
+        image_shape: tuple[int, int, int],
+    ):
+        self._make_pass = make_pass
+        self.num_batches = num_batches
+        self.num_examples = num_examples
+        self.total_examples = total_examples
+        self.per_host_batch_size = per_host_batch_size
+        self.image_shape = image_shape
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[Batch]:
+        for images, labels, mask in self._make_pass():
+            batch = to_model_batch(images, labels)
+            batch["mask"] = np.asarray(mask, dtype=bool)
+            yield batch
+
+
+def make_eval_batches(
+    name: str,
+    *,
+    batch_size: int,
+    split: str | None = None,
+    num_examples: int | None = None,
+    image_size: int | None = None,
+    data_dir: str | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    in_memory: bool | None = None,
+) -> EvalBatches:
+    """Batches that cover an evaluation split exactly once per pass (no flips).
+
+    Host i reads ``tfds.even_splits(split, process_count)[i]`` (contiguous, in
+    file order, sizes differing by at most one); all hosts yield
+    ``ceil(max shard size / b)`` batches, the missing rows padded and masked.
+
+    Args:
+      name: catalogue name.
+      batch_size: global batch size, a multiple of process_count.
+      split: tfds split expression; default the spec's eval split.
+      num_examples: use only the first n examples of the split (the split must
+        then be a plain split name such as ``"test"``).
+      image_size: output side; default the spec's default size.
+      data_dir: tfds data directory (None: tfds' default).
+      process_index: this host (None: ``jax.process_index()``).
+      process_count: number of hosts (None: ``jax.process_count()``).
+      in_memory: decode this host's shard once and keep it (None: spec default).
+
+    Returns:
+      An :class:`EvalBatches` (re-iterable).
+
+    Raises:
+      DatasetNotPreparedError: the data set is not in data_dir (immediately).
+      ValueError: no split given for a data set without an eval split, or bad
+        arguments.
+    """
+    spec = image_dataset_spec(name)
+    split = split or spec.eval_split
+    if split is None:
+        raise ValueError(
+            f"Data set {spec.name!r} has no evaluation split; pass split= "
+            f"explicitly, e.g. split='{spec.train_split}[-1000:]'."
+        )
+    if num_examples is not None:
+        if any(c in split for c in "[]+"):
+            raise ValueError(
+                f"num_examples needs a plain split name, got split={split!r}; write the slice into the split instead."
+            )
+        split = f"{split}[:{int(num_examples)}]"
+    process_index, process_count = hosts.resolve_hosts(process_index, process_count)
+    per_host = hosts.per_host_batch_size(batch_size, process_count)
+    image_size = image_size or spec.default_image_size
+    in_memory = spec.in_memory if in_memory is None else bool(in_memory)
+    builder = prepared_builder(name, data_dir)
+
+    shards = tfds.even_splits(split, process_count, drop_remainder=False)
+    shard_sizes = [builder.info.splits[s].num_examples for s in shards]
+    num_batches = math.ceil(max(shard_sizes) / per_host)
+    padded_size = num_batches * per_host
+    shard = shards[process_index]
+    shape = (image_size, image_size, spec.channels)
+
+    if in_memory:
+        images, labels = _load_uint8(builder, spec, shard, image_size)
+        count = len(images)
+        images = np.concatenate([images, np.zeros((padded_size - count, *shape), np.uint8)])
+        labels = np.concatenate([labels, np.zeros((padded_size - count,), np.int32)])
+        mask = np.arange(padded_size) < count
+
+        def make_pass():
+            for start in range(0, padded_size, per_host):
+                stop = start + per_host
+                yield images[start:stop], labels[start:stop], mask[start:stop]
+
+    else:
+        decode = _decode_fn(spec, builder, image_size)
+        count = shard_sizes[process_index]
+
+        def make_pass():
+            ds = _encoded_records(builder, shard, _needed_keys(spec))
+            ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            ds = ds.map(lambda image, label: (image, label, True))
+            padding = tf.data.Dataset.from_tensors((tf.zeros(shape, tf.uint8), tf.zeros([], tf.int32), False)).repeat(
+                padded_size - count
+            )
+            ds = ds.concatenate(padding).batch(per_host, drop_remainder=True)
+            ds = ds.prefetch(tf.data.AUTOTUNE).with_options(_deterministic_options())
+            return ds.as_numpy_iterator()
+
+    return EvalBatches(
+        make_pass,
+        num_batches=num_batches,
+        num_examples=count,
+        total_examples=sum(shard_sizes),
+        per_host_batch_size=per_host,
+        image_shape=shape,
+    )
