@@ -41,8 +41,6 @@ def load_experiment(path: str):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS.is_parsed() or FLAGS["verbosity"].using_default_value:
-        logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
     from diffjax import parallel
 
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
@@ -54,6 +52,10 @@ def main(argv):
     validate(config)
     experiment = load_experiment(config_flags.get_config_filename(FLAGS["config"]).split(":")[0])
     recipe = experiment.build(config)
+    if not FLAGS["verbosity"].present:
+        # Set after the imports: some libraries raise absl's verbosity to INFO on import,
+        # and Orbax then logs every step of every save.
+        logging.set_verbosity(logging.WARNING)
     if FLAGS.dry_run:
         from diffjax.models.summary import parameter_table
 

@@ -194,3 +194,30 @@ def test_kill_9_and_resume_is_bit_exact(tmp_path):
     assert step_a == step_b == steps
     np.testing.assert_array_equal(params_a, params_b)
     np.testing.assert_array_equal(ema_a, ema_b)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits(tmp_path):
+    """Preemption: SIGTERM makes the run save a checkpoint at its next log step and exit 0."""
+    import subprocess
+    import sys
+
+    from tests.train_utils import REPO
+
+    workdir = str(tmp_path / "run")
+    args = ["launch.py", "--config", "experiments/toy2d.py:eight_gaussians", "--config.train.num_steps=100000",
+            "--config.train.checkpoint_every=50000", "--config.train.log_every=10", "--config.train.batch_size=32",
+            "--config.model.hidden=16", "--config.model.num_blocks=1", "--workdir", workdir]
+    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.time() + 120
+    while time.time() < deadline and not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-3000:]
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
+    step = checkpointer.latest_step()
+    checkpointer.close()
+    assert step is not None and step % 10 == 0 and 0 < step < 100000
