@@ -1,0 +1,190 @@
+"""The UNet of DDPM (Ho et al. 2020) and improved DDPM (Nichol & Dhariwal 2021).
+
+Layout (both papers): conv_in; per resolution level ``num_res_blocks`` res
+blocks (each followed by attention at the chosen resolutions), then a
+downsample except at the last level; a middle res → attention → res; the
+mirrored up path with ``num_res_blocks + 1`` res blocks per level, each fed the
+concatenation of the running features and one stored skip; GN → swish →
+zero-initialised conv_out. Every res block sees the timestep embedding
+(sinusoid → Dense(4·ch) → swish → Dense(4·ch)), plus a learned class embedding
+when ``num_classes`` is set.
+
+Attention resolutions are **pixel sizes** of the feature map's height (e.g.
+``(16,)`` puts attention on the 16×16 maps of a 32×32 model), read from the
+input at trace time. Improved DDPM's code stores downsample factors instead
+(``image_size // res``); its command-line values are pixel sizes, as here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import chex
+import flax.linen as nn
+import jax.numpy as jnp
+
+from diffjax.models.blocks import AttentionBlock, ResBlock
+from diffjax.models.embeddings import TimestepEmbedding
+from diffjax.models.layers import DOWNSAMPLE_PADDINGS, Downsample, Upsample, conv3x3, group_norm
+
+__all__ = ["UNet"]
+
+
+class UNet(nn.Module):
+    """Denoising UNet for NHWC images.
+
+    Attributes:
+      model_channels: base channel count ``ch``.
+      channel_mult: channel multiplier per resolution level; level ``i`` works at
+        ``H / 2**i`` with ``ch * channel_mult[i]`` channels.
+      num_res_blocks: res blocks per level on the way down (one more on the way up).
+      attention_resolutions: feature-map heights (pixels) that get self-attention.
+      out_channels: output channels; ``None`` means the input's channel count.
+        Use 2C when the variance is learned.
+      num_heads: attention heads (ignored when ``num_head_channels`` is set).
+      num_head_channels: channels per attention head, if given.
+      dropout: dropout rate inside the res blocks (only when ``train=True``).
+      use_scale_shift_norm: FiLM-style conditioning of the second norm of each res block.
+      resblock_updown: BigGAN-style resampling with res blocks instead of
+        ``Downsample``/``Upsample``.
+      conv_resample: resample with convs (True) or with avg-pool / plain nearest (False).
+      downsample_padding: ``"same"`` (DDPM/TF) or ``"symmetric"`` (improved DDPM/PyTorch).
+      num_classes: class-conditional with a learned embedding of ``num_classes + 1``
+        rows; label ``num_classes`` is the null class of classifier-free guidance.
+      norm_groups: GroupNorm groups (32 in the papers).
+      norm_eps: GroupNorm epsilon (1e-6 in DDPM's TF code, 1e-5 in PyTorch).
+      dtype: computation dtype; params are float32 and GroupNorm / softmax run
+        in float32. The output is always float32.
+    """
+
+    model_channels: int = 128
+    channel_mult: Sequence[int] = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    attention_resolutions: Sequence[int] = (16,)
+    out_channels: int | None = None
+    num_heads: int = 1
+    num_head_channels: int | None = None
+    dropout: float = 0.0
+    use_scale_shift_norm: bool = False
+    resblock_updown: bool = False
+    conv_resample: bool = True
+    downsample_padding: str = "same"
+    num_classes: int | None = None
+    norm_groups: int = 32
+    norm_eps: float = 1e-5
+    dtype: jnp.dtype = jnp.float32
+
+    def _check(self, x: jnp.ndarray) -> None:
+        chex.assert_rank(x, 4)
+        if self.downsample_padding not in DOWNSAMPLE_PADDINGS:
+            raise ValueError(f"downsample_padding must be one of {sorted(DOWNSAMPLE_PADDINGS)}")
+        height = x.shape[1]
+        factor = 2 ** (len(self.channel_mult) - 1)
+        if height % factor or x.shape[2] % factor:
+            raise ValueError(f"image size {x.shape[1:3]} is not divisible by {factor}")
+        sizes = {height // 2**i for i in range(len(self.channel_mult))}
+        missing = set(self.attention_resolutions) - sizes
+        if missing:
+            raise ValueError(
+                f"attention_resolutions {sorted(missing)} (pixel sizes) do not occur; "
+                f"this model's feature maps have heights {sorted(sizes)}"
+            )
+
+    def _res_block(self, out_channels: int, name: str, **kwargs) -> ResBlock:
+        return ResBlock(
+            out_channels,
+            dropout=self.dropout,
+            use_scale_shift_norm=self.use_scale_shift_norm,
+            norm_groups=self.norm_groups,
+            norm_eps=self.norm_eps,
+            dtype=self.dtype,
+            name=name,
+            **kwargs,
+        )
+
+    def _attention(self, name: str) -> AttentionBlock:
+        return AttentionBlock(
+            num_heads=self.num_heads,
+            num_head_channels=self.num_head_channels,
+            norm_groups=self.norm_groups,
+            norm_eps=self.norm_eps,
+            dtype=self.dtype,
+            name=name,
+        )
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jnp.ndarray,
+        t: jnp.ndarray,
+        labels: jnp.ndarray | None = None,
+        *,
+        train: bool = False,
+    ) -> jnp.ndarray:
+        """Predicts the denoiser output for noisy images.
+
+        Args:
+          x: [B, H, W, C] noisy images.
+          t: [B] timesteps as the network sees them (int or float; see
+            ``diffjax.models.denoiser`` for the rescaling to 0..1000).
+          labels: [B] int class labels in ``[0, num_classes]`` (``num_classes`` =
+            null class); required iff the model is class-conditional.
+          train: enables dropout (needs a ``'dropout'`` rng).
+
+        Returns:
+          [B, H, W, out_channels] float32.
+        """
+        self._check(x)
+        batch = x.shape[0]
+        chex.assert_shape(t, (batch,))
+        ch = self.model_channels
+        emb = TimestepEmbedding(ch, 4 * ch, dtype=self.dtype, name="time_embed")(t)
+        if self.num_classes is not None:
+            if labels is None:
+                raise ValueError("class-conditional UNet needs labels (use num_classes for the null class)")
+            chex.assert_shape(labels, (batch,))
+            emb = emb + nn.Embed(
+                self.num_classes + 1, 4 * ch, dtype=self.dtype, param_dtype=jnp.float32, name="label_embed"
+            )(labels)
+        elif labels is not None:
+            raise ValueError("labels given to an unconditional UNet (num_classes is None)")
+
+        h = conv3x3(ch, dtype=self.dtype, name="conv_in")(x.astype(self.dtype))
+        skips = [h]
+        last = len(self.channel_mult) - 1
+        for level, mult in enumerate(self.channel_mult):
+            for i in range(self.num_res_blocks):
+                h = self._res_block(ch * mult, f"down_{level}_res_{i}")(h, emb, train=train)
+                if h.shape[1] in self.attention_resolutions:
+                    h = self._attention(f"down_{level}_attn_{i}")(h)
+                skips.append(h)
+            if level != last:
+                if self.resblock_updown:
+                    h = self._res_block(h.shape[-1], f"down_{level}_resample", down=True)(h, emb, train=train)
+                else:
+                    h = Downsample(
+                        self.conv_resample, self.downsample_padding, dtype=self.dtype, name=f"down_{level}_resample"
+                    )(h)
+                skips.append(h)
+
+        h = self._res_block(h.shape[-1], "mid_res_0")(h, emb, train=train)
+        h = self._attention("mid_attn")(h)
+        h = self._res_block(h.shape[-1], "mid_res_1")(h, emb, train=train)
+
+        for level, mult in reversed(list(enumerate(self.channel_mult))):
+            for i in range(self.num_res_blocks + 1):
+                h = jnp.concatenate([h, skips.pop()], axis=-1)
+                h = self._res_block(ch * mult, f"up_{level}_res_{i}")(h, emb, train=train)
+                if h.shape[1] in self.attention_resolutions:
+                    h = self._attention(f"up_{level}_attn_{i}")(h)
+            if level != 0:
+                if self.resblock_updown:
+                    h = self._res_block(h.shape[-1], f"up_{level}_resample", up=True)(h, emb, train=train)
+                else:
+                    h = Upsample(self.conv_resample, dtype=self.dtype, name=f"up_{level}_resample")(h)
+
+        h = group_norm(self.norm_groups, self.norm_eps, name="norm_out")(h.astype(jnp.float32))
+        h = nn.swish(h).astype(self.dtype)
+        out_channels = x.shape[-1] if self.out_channels is None else self.out_channels
+        h = conv3x3(out_channels, dtype=self.dtype, zero_init=True, name="conv_out")(h)
+        return h.astype(jnp.float32)
