@@ -13,7 +13,7 @@ Multi-host: on TPU pods and SLURM clusters JAX finds its peers by itself; elsewh
 from __future__ import annotations
 
 import importlib.util
-import sys
+import os
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -25,6 +25,11 @@ flags.DEFINE_bool("dry_run", False, "Validate the config, build the model, print
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes, for multi-process runs.")
 flags.DEFINE_integer("process_id", None, "This process's index, for multi-process runs.")
+flags.DEFINE_string(
+    "compilation_cache",
+    os.path.join(os.path.expanduser("~"), ".cache", "diffjax", "xla"),
+    "JAX's persistent compilation cache ('' disables it): a second launch of an experiment skips compiling.",
+)
 flags.mark_flags_as_required(["config"])
 
 
@@ -41,6 +46,11 @@ def load_experiment(path: str):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    import jax
+
+    if FLAGS.compilation_cache:
+        jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     from diffjax import parallel
 
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
