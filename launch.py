@@ -22,6 +22,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment file, optionally with ':arg'.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and samples go (resumes from it).")
 flags.DEFINE_bool("dry_run", False, "Validate the config, build the model, print its parameters and exit.")
+flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resuming from --workdir), or eval: NLL and sample "
+                  "quality of the latest checkpoint of --workdir, written to WORKDIR/eval/*.json.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes, for multi-process runs.")
 flags.DEFINE_integer("process_id", None, "This process's index, for multi-process runs.")
@@ -72,8 +74,13 @@ def main(argv):
         print(parameter_table(recipe.model, recipe.input_shape))
         return
     if not FLAGS.workdir:
-        raise app.UsageError("--workdir is required to train")
-    train_and_evaluate(config, FLAGS.workdir, recipe)
+        raise app.UsageError(f"--workdir is required to {FLAGS.mode}")
+    if FLAGS.mode == "eval":
+        from diffjax.train.evaluate import evaluate
+
+        evaluate(config, FLAGS.workdir, recipe)
+    else:
+        train_and_evaluate(config, FLAGS.workdir, recipe)
 
 
 if __name__ == "__main__":

@@ -86,6 +86,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval.split = ""  # "": the data set's own evaluation split
     config.eval.batch_size = 256
     config.eval.num_examples = 0  # 0: the whole split
+    config.eval.sample_steps = ""  # respacings to score samples at, e.g. "ddim25 ddim50 250"; "": sample.steps
+    config.eval.num_samples = 1000
+    config.eval.nll_chain = ""  # "": the full T-step bound; a respacing gives a cheaper K-step bound
+    config.eval.nll_seed = 0
     return config
 
 
@@ -138,7 +142,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(config.data.num_classes >= 0, "data.num_classes", "must be non-negative")
     if s.guidance_weight != 0:
         _require(config.data.num_classes > 0, "sample.guidance_weight", "guidance needs a class-conditional model (data.num_classes > 0)")
-    try:
-        space_timesteps(d.timesteps, s.steps)
-    except ValueError as error:
-        raise ConfigError(f"config.sample.steps: {error}") from None
+    for key, spacings in [("sample.steps", [s.steps]), ("eval.nll_chain", [config.eval.nll_chain]),
+                          ("eval.sample_steps", config.eval.sample_steps.replace(";", " ").split())]:
+        for spacing in spacings:
+            try:
+                space_timesteps(d.timesteps, spacing)
+            except ValueError as error:
+                raise ConfigError(f"config.{key}: {error}") from None
+    _require(config.eval.num_samples > 0, "eval.num_samples", "must be positive")

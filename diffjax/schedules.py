@@ -247,6 +247,7 @@ class Schedule:
         return self.source.original_num_timesteps
 
 
+@np.errstate(divide="ignore")  # a schedule ending at beta = 1 (jsd) has alpha_bar = 0 there
 def _tables(betas: np.ndarray) -> dict[str, np.ndarray]:
     """All float64 tables of the chain with these betas."""
     alphas = 1.0 - betas
@@ -257,8 +258,7 @@ def _tables(betas: np.ndarray) -> dict[str, np.ndarray]:
     # log(beta~_0) = log(0): use beta~_1 there, as improved DDPM does. A one-step chain has
     # no beta~_1; then beta~_0 stands in (a T=1 chain has no posterior to speak of).
     clipped = np.append(posterior_variance[1], posterior_variance[1:]) if len(betas) > 1 else posterior_variance
-    with np.errstate(divide="ignore"):
-        posterior_log_variance_clipped = np.log(clipped)
+    posterior_log_variance_clipped = np.log(clipped)
     return dict(
         betas=betas,
         alphas=alphas,

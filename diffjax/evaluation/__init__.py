@@ -1,1 +1,3 @@
-"""Evaluation: sample generation, picture writers (and later NLL and Fréchet distances)."""
+"""Evaluation: the NLL bound over a split, sampling over devices, Fréchet distances, the
+digits feature net, toy-sample metrics and pictures. ``diffjax.train.evaluate`` runs them on
+a checkpoint."""

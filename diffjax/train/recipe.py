@@ -76,12 +76,13 @@ def image_recipe(config: ml_collections.ConfigDict, model: nn.Module) -> Recipe:
     Building it reads no data (``--dry_run`` needs none); ``train_batches`` opens the
     data set and fails at once, with what to do, when it is not prepared.
     """
-    from diffjax.data import make_eval_batches, make_train_iterator
     from diffjax.evaluation.pictures import save_image_grid
 
     data = config.data
 
     def train_batches(start_step: int):
+        from diffjax.data import make_train_iterator  # imports TensorFlow: only when data is read
+
         return make_train_iterator(
             data.name,
             global_batch_size=config.train.batch_size,
@@ -93,6 +94,8 @@ def image_recipe(config: ml_collections.ConfigDict, model: nn.Module) -> Recipe:
         )
 
     def eval_batches():
+        from diffjax.data import make_eval_batches
+
         return make_eval_batches(
             data.name, batch_size=config.eval.batch_size, split=config.eval.split or None,
             num_examples=config.eval.num_examples or None, image_size=data.image_size, data_dir=data.data_dir,
