@@ -12,7 +12,6 @@ Multi-host: on TPU pods and SLURM clusters JAX finds its peers by itself; elsewh
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 from absl import app, flags, logging
@@ -35,16 +34,6 @@ flags.DEFINE_string(
 flags.mark_flags_as_required(["config"])
 
 
-def load_experiment(path: str):
-    """Import an experiment file by path."""
-    spec = importlib.util.spec_from_file_location("experiment", path)
-    if spec is None or spec.loader is None:
-        raise FileNotFoundError(f"cannot import experiment file {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -62,7 +51,9 @@ def main(argv):
 
     config = FLAGS.config
     validate(config)
-    experiment = load_experiment(config_flags.get_config_filename(FLAGS["config"]).split(":")[0])
+    from diffjax.experiments import load_experiment
+
+    experiment = load_experiment(config_flags.get_config_filename(FLAGS["config"]))
     recipe = experiment.build(config)
     if not FLAGS["verbosity"].present:
         # Set after the imports: some libraries raise absl's verbosity to INFO on import,

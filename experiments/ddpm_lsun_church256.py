@@ -1,32 +1,23 @@
-"""DDPM on LSUN Church 256x256 (Ho et al. 2020, App. B).
+"""DDPM on LSUN Church 256x256 (Ho et al. 2020, App. B): the CelebA-HQ recipe on other data.
 
     python launch.py --config experiments/ddpm_lsun_church256.py --workdir gs://bucket/ddpm_lsun_church
 
 Hardware: TPU v3-8 in the paper (2.2 steps/s at batch 64; 1.2M steps). Expect: FID 7.89
-(Table 3).
-Data: tfds ``lsun/church_outdoor`` prepared in config.data.data_dir (centre crop, resize).
-
-Model: DDPM's 256x256 UNet, 113,673,219 parameters (128 ch, mult 1,1,2,2,4,4, 2 res
-blocks, attention at 16x16, no dropout). lr 2e-5 (2e-4 was unstable), batch 64.
+(Table 3). Data: tfds ``lsun/church_outdoor`` prepared in config.data.data_dir (centre
+crop, resize to 256). Model and optimiser as experiments/ddpm_celebahq256.py.
 """
 
-from diffjax.config import base_config
+from diffjax.experiments import load_experiment
 from diffjax.train.recipe import image_recipe, unet_from_config
 
 
 def get_config(arg: str | None = None):
     if arg:
         raise ValueError(f"ddpm_lsun_church256 has no variants (got {arg!r})")
-    config = base_config()
+    config = load_experiment("ddpm_celebahq256").get_config()
     config.experiment = "ddpm_lsun_church256"
     config.data.name = "lsun/church_outdoor"
-    config.data.image_size = 256
-    config.model.name = "ddpm_256"
-    config.model.dropout = 0.0
-    config.train.lr = 2e-5
-    config.train.batch_size = 64
     config.train.num_steps = 1_200_000
-    config.sample.num = 16
     return config
 
 

@@ -10,24 +10,13 @@ Model: 121,063,942 parameters with learned sigma (128 ch, mult 1,2,3,4, 3 res bl
 attention at 16 and 8 with 4 heads, scale-shift norm, no dropout); 1.5M steps at batch 128.
 """
 
-import importlib.util
-import os
-
 from diffjax.config import base_config
+from diffjax.experiments import load_experiment
 from diffjax.train.recipe import image_recipe, unet_from_config
 
 
-def _improved_ddpm():
-    """The shared recipe function of iddpm_cifar10.py (experiments are loaded by path)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "iddpm_cifar10.py")
-    spec = importlib.util.spec_from_file_location("iddpm_cifar10", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.improved_ddpm
-
-
 def get_config(arg: str | None = None):
-    config = _improved_ddpm()(base_config(), arg)
+    config = load_experiment("iddpm_cifar10").improved_ddpm(base_config(), arg)
     config.experiment = "iddpm_imagenet64"
     config.data.name = "downsampled_imagenet/64x64"
     config.data.image_size = 64

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -10,15 +9,9 @@ import sys
 import jax
 import numpy as np
 
+from diffjax.experiments import load_experiment  # noqa: F401  (re-exported for the tests)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_experiment(name: str):
-    path = os.path.join(REPO, "experiments", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"experiment_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def toy_config(num_steps: int = 6, batch_size: int = 16, **train):
