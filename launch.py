@@ -26,6 +26,8 @@ flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resuming from --wo
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes, for multi-process runs.")
 flags.DEFINE_integer("process_id", None, "This process's index, for multi-process runs.")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with JAX's own cluster detection (TPU pods, "
+                  "SLURM, Open MPI); SLURM and Open MPI jobs are also detected without it.")
 flags.DEFINE_string(
     "compilation_cache",
     os.path.join(os.path.expanduser("~"), ".cache", "diffjax", "xla"),
@@ -44,7 +46,9 @@ def main(argv):
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     from diffjax import parallel
 
-    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    parallel.initialize_distributed(
+        FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, force=FLAGS.distributed
+    )
 
     from diffjax.config import validate
     from diffjax.train import train_and_evaluate

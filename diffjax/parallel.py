@@ -37,12 +37,15 @@ def initialize_distributed(
     process_id: int | None = None,
     *,
     auto_detect: bool = True,
+    force: bool = False,
 ) -> bool:
     """Join the processes of a multi-host run with ``jax.distributed.initialize``.
 
     With explicit flags (e.g. two local processes on 127.0.0.1) they are used as given.
-    Otherwise, when the environment announces a cluster (SLURM, TPU pod slices, Open
-    MPI), JAX's own detection is used. A single-process run does nothing.
+    Otherwise, with ``force`` or when the environment announces a cluster (SLURM, Open
+    MPI, TPU variables), JAX's own detection is used (on a TPU pod slice the TPU runtime
+    spans the hosts even without it, but initialising is recommended: pass ``force``). A
+    single-process run does nothing.
 
     Must run before anything touches a JAX device.
 
@@ -61,7 +64,7 @@ def initialize_distributed(
             coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
         )
         return True
-    if auto_detect and any(name in os.environ for name in _CLUSTER_HINTS):
+    if force or (auto_detect and any(name in os.environ for name in _CLUSTER_HINTS)):
         jax.distributed.initialize()
         return True
     return False
