@@ -62,7 +62,8 @@ def test_validate_names_the_bad_key(key, value, message):
 def test_every_experiment_config_is_valid():
     for name, arg in [("digits_ddpm", None), ("digits_ddpm", "smoke"), ("toy2d", None), ("ddpm_cifar10", None),
                       ("ddpm_celebahq256", None), ("ddpm_lsun_church256", None), ("iddpm_imagenet64", "vlb_linear")] + [
-        ("iddpm_cifar10", f"{o}_{s}") for o in ("simple", "hybrid", "vlb") for s in ("linear", "cosine")
+        (experiment, f"{o}_{s}") for experiment in ("iddpm_cifar10", "digits_iddpm")
+        for o in ("simple", "hybrid", "vlb") for s in ("linear", "cosine")
     ]:
         validate(load_experiment(name).get_config(arg))
     with pytest.raises(ValueError, match="OBJECTIVE_SCHEDULE"):
