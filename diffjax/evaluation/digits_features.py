@@ -29,6 +29,7 @@ import numpy as np
 import optax
 from flax import serialization
 
+from diffjax.evaluation.cache import default_cache_dir
 from diffjax.evaluation.frechet import FeatureStats, feature_stats, frechet_distance
 from diffjax.evaluation.pictures import to_uint8
 
@@ -153,11 +154,6 @@ def train_digits_classifier(settings: ClassifierSettings = ClassifierSettings())
         return params
 
     return jax.device_get(train(params, jnp.asarray(rows, jnp.int32), jnp.asarray(noise)))
-
-
-def default_cache_dir() -> str:
-    """``$DIFFJAX_CACHE_DIR``, else ``~/.cache/diffjax``."""
-    return os.environ.get("DIFFJAX_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "diffjax")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -125,6 +125,9 @@ def save_stats(stats: FeatureStats, path: str) -> None:
 
 
 def load_stats(path: str) -> FeatureStats:
-    """Read statistics written by ``save_stats``."""
+    """Read statistics written by ``save_stats``, or pytorch-fid's ``.npz`` (``mu``, ``sigma``;
+    its count is unknown and read as 0)."""
     with np.load(path) as data:
+        if "mu" in data.files:
+            return FeatureStats(mean=data["mu"], cov=data["sigma"], count=0)
         return FeatureStats(mean=data["mean"], cov=data["cov"], count=int(data["count"]))
