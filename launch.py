@@ -3,6 +3,9 @@
     python launch.py --config experiments/digits_ddpm.py --workdir runs/digits
     python launch.py --config experiments/ddpm_cifar10.py --workdir runs/c10 --config.train.batch_size=64
     python launch.py --config experiments/iddpm_cifar10.py:hybrid_cosine --workdir runs/x --dry_run
+    python launch.py --config experiments/digits_ddpm.py --workdir runs/digits --mode=eval
+    python launch.py --config experiments/digits_ddpm.py --workdir runs/digits --mode=sample \
+        --config.sample.num=5000 --config.sample.steps=ddim100 --config.sample.seed=1
 
 An experiment file defines ``get_config(arg)`` (a locked ml_collections ConfigDict; ``arg``
 is what follows ":" in --config) and ``build(config)`` (returns the ``Recipe``).
@@ -21,8 +24,9 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment file, optionally with ':arg'.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and samples go (resumes from it).")
 flags.DEFINE_bool("dry_run", False, "Validate the config, build the model, print its parameters and exit.")
-flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resuming from --workdir), or eval: NLL and sample "
-                  "quality of the latest checkpoint of --workdir, written to WORKDIR/eval/*.json.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"], "train (resuming from --workdir); eval: NLL and "
+                  "sample quality of the latest checkpoint of --workdir, written to WORKDIR/eval/*.json; sample: "
+                  "config.sample.num samples of it (config.sample.*) to WORKDIR/samples/*.npz and PNG grids.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes, for multi-process runs.")
 flags.DEFINE_integer("process_id", None, "This process's index, for multi-process runs.")
@@ -74,6 +78,10 @@ def main(argv):
         from diffjax.train.evaluate import evaluate
 
         evaluate(config, FLAGS.workdir, recipe)
+    elif FLAGS.mode == "sample":
+        from diffjax.train.evaluate import generate
+
+        print(f"wrote {generate(config, FLAGS.workdir, recipe)['npz']}")
     else:
         train_and_evaluate(config, FLAGS.workdir, recipe)
 

@@ -81,6 +81,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.sample.num = 64
     config.sample.clip_denoised = True
     config.sample.guidance_weight = 0.0
+    config.sample.seed = 0  # --mode=sample: chunk j of the samples uses fold_in(PRNGKey(seed), j)
+    config.sample.batch_size = 256  # --mode=sample: samples per compiled call (a multiple of the devices)
 
     config.eval = ml_collections.ConfigDict()
     config.eval.split = ""  # "": the data set's own evaluation split
@@ -90,6 +92,14 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval.num_samples = 1000
     config.eval.nll_chain = ""  # "": the full T-step bound; a respacing gives a cheaper K-step bound
     config.eval.nll_seed = 0
+    # FID/IS: pytorch-fid's weights file (.pth, or the .npz of `python -m diffjax.evaluation.inception
+    # convert`); "" scores only with the in-domain metric (digits, toy2d) and skips FID.
+    config.eval.fid_weights = ""
+    config.eval.fid_reference = ""  # statistics .npz (mean/cov or pytorch-fid's mu/sigma); "": computed, cached
+    config.eval.fid_reference_split = "train"  # the tfds split the reference statistics come from
+    config.eval.fid_reference_examples = 0  # 0: the whole split
+    config.eval.fid_image_size = 299  # Inception's input side; only 299 gives FIDs comparable to papers
+    config.eval.fid_batch_size = 100
     return config
 
 
@@ -129,7 +139,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key, value in [("train.batch_size", tr.batch_size), ("train.num_steps", tr.num_steps),
                        ("train.log_every", tr.log_every), ("train.checkpoint_every", tr.checkpoint_every),
                        ("train.keep_checkpoints", tr.keep_checkpoints), ("train.sample_every", tr.sample_every),
-                       ("eval.batch_size", config.eval.batch_size), ("sample.num", s.num)]:
+                       ("eval.batch_size", config.eval.batch_size), ("sample.num", s.num),
+                       ("sample.batch_size", s.batch_size)]:
         _require(isinstance(value, int) and value > 0, key, f"must be a positive integer, got {value!r}")
     _require(tr.seed >= 0, "train.seed", "must be non-negative")
     _require(tr.lr > 0, "train.lr", f"must be positive, got {tr.lr}")
@@ -139,6 +150,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(0.0 <= config.model.dropout < 1.0, "model.dropout", "must be in [0, 1)")
     _require(0.0 <= config.model.class_dropout < 1.0, "model.class_dropout", "must be in [0, 1)")
     _require(s.eta >= 0, "sample.eta", "must be non-negative")
+    _require(s.seed >= 0, "sample.seed", "must be non-negative")
     _require(config.data.num_classes >= 0, "data.num_classes", "must be non-negative")
     if s.guidance_weight != 0:
         _require(config.data.num_classes > 0, "sample.guidance_weight", "guidance needs a class-conditional model (data.num_classes > 0)")
@@ -150,3 +162,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
             except ValueError as error:
                 raise ConfigError(f"config.{key}: {error}") from None
     _require(config.eval.num_samples > 0, "eval.num_samples", "must be positive")
+    _require(config.eval.fid_image_size >= 75, "eval.fid_image_size", "Inception-v3 needs at least 75 (299 for FID)")
+    _require(config.eval.fid_batch_size > 0, "eval.fid_batch_size", "must be positive")
+    _require(config.eval.fid_reference_examples >= 0, "eval.fid_reference_examples", "must be non-negative")

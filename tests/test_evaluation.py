@@ -5,6 +5,7 @@ import dataclasses
 import json
 import os
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from diffjax.checkpoint import Checkpointer
 from diffjax.compare import write_report
 from diffjax.evaluation import digits_features as df
-from diffjax.train.evaluate import evaluate, sampling_step_list
+from diffjax.train.evaluate import evaluate, generate, sampling_step_list
 from diffjax.evaluation.frechet import FeatureStats, feature_stats, frechet_distance, load_stats, save_stats
 from diffjax.evaluation.nll import BoundEvaluator, nll_over_batches, write_nll_json
 from diffjax.evaluation.toy_metrics import mmd_rbf, sliced_wasserstein
@@ -223,6 +224,34 @@ def test_evaluate_restores_and_writes_eval_files_that_compare_reads(toy_setup, t
     assert "MMD² @2 steps" in report and "MMD² @5 steps" in report
     assert f"{nll['bpd']:.4g}" in report
     assert os.path.exists(tmp_path / "report_nll_per_t.png")
+
+
+def test_generate_writes_reproducible_samples_of_a_checkpoint(toy_setup, tmp_path):
+    config, recipe, state, _, _ = toy_setup
+    workdir = str(tmp_path / "run")
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+    checkpointer.save(3, state.replace(step=np.int32(3)), force=True)
+    checkpointer.close()
+    config = config.copy_and_resolve_references()
+    config.sample.update(num=10, batch_size=4, steps="ddim5", method="ddim", eta=0.0, seed=7)
+
+    meta = generate(config, workdir, recipe)
+    with np.load(meta["npz"]) as f:
+        samples, images = f["samples"], f["images"]
+    chex.assert_shape(samples, (10, 2))
+    assert images.dtype == np.uint8 and np.all(np.isfinite(samples))
+    assert meta["checkpoint_step"] == 3 and meta["num_steps"] == 5 and meta["params"] == "ema"
+    assert os.path.basename(meta["npz"]) == "step3_ema_ddim_eta0_ddim5_n10_seed7.npz"
+    assert read_json(meta["npz"][: -len(".npz")] + ".json")["seed"] == 7
+    assert os.path.exists(meta["npz"][: -len(".npz")] + "_grid0.png")
+
+    # Chunk j has its own key: fewer samples are a prefix; another seed gives others.
+    config.sample.num = 6
+    with np.load(generate(config, workdir, recipe)["npz"]) as f:
+        np.testing.assert_array_equal(f["samples"], samples[:6])
+    config.sample.seed = 8
+    with np.load(generate(config, workdir, recipe)["npz"]) as f:
+        assert np.abs(f["samples"] - samples[:6]).min() > 0
 
 
 def test_sampling_step_list():

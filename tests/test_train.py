@@ -221,3 +221,12 @@ def test_sigterm_saves_and_exits(tmp_path):
     step = checkpointer.latest_step()
     checkpointer.close()
     assert step is not None and step % 10 == 0 and 0 < step < 100000
+
+    # The preempted run's checkpoint serves --mode=sample.
+    result = run_python([*args, "--mode=sample", "--config.sample.num=6", "--config.sample.batch_size=4",
+                         "--config.sample.steps=ddim3"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    npz = result.stdout.strip().splitlines()[-1].removeprefix("wrote ")
+    assert os.path.dirname(npz) == os.path.join(workdir, "samples") and f"step{step}_ema_" in npz
+    with np.load(npz) as f:
+        assert f["samples"].shape == (6, 2) and np.all(np.isfinite(f["samples"]))

@@ -15,7 +15,10 @@ writes, under ``workdir/eval/``:
   - digits: FD-digits against the train and the test split, the classifier's mean
     confidence and the class histogram of the samples (``digits_features``);
   - 2-D toys: unbiased MMD^2 and sliced Wasserstein against fresh data (``toy_metrics``);
-  - other image data sets: nothing yet (FID needs Inception weights), so no file;
+  - other image data sets: FID and IS (``diffjax.evaluation.fid``) against cached
+    statistics of ``eval.fid_reference_split``, when ``eval.fid_weights`` names
+    pytorch-fid's Inception weights (also added to the digits metrics when set); without
+    weights, no file and a warning;
 
   plus ``samples_<steps>.png`` pictures of the first samples.
 
@@ -37,6 +40,7 @@ from typing import Any
 
 import jax
 import ml_collections
+from absl import logging
 
 from diffjax.checkpoint import Checkpointer
 from diffjax.config import validate
@@ -46,7 +50,7 @@ from diffjax.parallel import make_mesh
 from diffjax.schedules import respace
 from diffjax.train.loop import abstract_train_state
 
-__all__ = ["evaluate", "sample_quality_kind", "sampling_step_list"]
+__all__ = ["evaluate", "generate", "restore_train_state", "sample_quality_kind", "sampling_step_list"]
 
 DEFAULT_NUM_SAMPLES = 1000
 # Samples in the picture written next to the json, per step count.
@@ -74,14 +78,54 @@ def sampling_step_list(steps: str | Sequence[str]) -> list[str]:
 
 
 def sample_quality_kind(config: ml_collections.ConfigDict) -> str | None:
-    """Which sample metric applies to the config's data: "digits", "toy2d" or None."""
+    """Which sample metric applies to the config's data: "digits", "toy2d", "fid" or None.
+
+    Digits and the 2-D toys have their in-domain metrics (plus FID on digits when
+    ``eval.fid_weights`` is set); other image data sets are scored with FID/IS when
+    ``eval.fid_weights`` is set, and not at all otherwise.
+    """
     from diffjax.data.toy2d import TOY_NAMES
 
     if config.data.name == "digits":
         return "digits"
     if config.data.name in TOY_NAMES:
         return "toy2d"
-    return None
+    return "fid" if _fid_weights(config) else None
+
+
+def _fid_weights(config: ml_collections.ConfigDict) -> str:
+    return config.eval.get("fid_weights", "") if "eval" in config else ""
+
+
+def _fid_scorer(config: ml_collections.ConfigDict, mesh, cache_dir: str | None):
+    """``(FidScorer, description)`` for ``eval.fid_weights``; fails at once on a missing file."""
+    from diffjax.evaluation.fid import FidScorer, reference_stats
+    from diffjax.evaluation.frechet import load_stats
+    from diffjax.evaluation.inception import weights_digest
+
+    e = config.eval
+    info = {"fid_weights": e.fid_weights, "fid_image_size": e.fid_image_size}
+    if e.fid_reference:
+        if not os.path.isfile(e.fid_reference):
+            raise FileNotFoundError(f"config.eval.fid_reference: no statistics file at {e.fid_reference!r}")
+        reference = load_stats(e.fid_reference)
+        info["fid_reference"] = e.fid_reference
+    else:
+        def reference(inception):
+            stats, path = reference_stats(
+                inception, data_name=config.data.name, split=e.fid_reference_split,
+                data_image_size=config.data.image_size, weights_path=e.fid_weights, image_size=e.fid_image_size,
+                num_examples=e.fid_reference_examples, cache_dir=cache_dir, data_dir=config.data.data_dir,
+            )
+            info["fid_reference"] = path
+            return stats
+
+    scorer = FidScorer.create(
+        e.fid_weights, reference, image_size=e.fid_image_size, batch_size=e.fid_batch_size, mesh=mesh
+    )
+    info["fid_weights_sha256"] = weights_digest(e.fid_weights)
+    info["fid_reference_count"] = scorer.reference.count
+    return scorer, info
 
 
 def _eval_split_name(config: ml_collections.ConfigDict) -> str:
@@ -106,8 +150,20 @@ def _write_json(path: str, record: dict[str, Any]) -> None:
         json.dump(record, f, indent=2)
 
 
-def _reference_scorer(kind: str, config: ml_collections.ConfigDict, num_samples: int, cache_dir: str | None):
+def _reference_scorer(kind: str, config: ml_collections.ConfigDict, num_samples: int, cache_dir: str | None, mesh=None):
     """``(score(samples) -> dict, headline metric name, description of the references)``."""
+    fid = _fid_scorer(config, mesh, cache_dir) if _fid_weights(config) and kind != "toy2d" else None
+    if kind == "fid":
+        return fid[0], "fid", fid[1]
+    score, headline, info = _in_domain_scorer(kind, config, num_samples, cache_dir)
+    if fid is None:
+        return score, headline, info
+    fid_scorer, fid_info = fid
+    return (lambda samples: {**score(samples), **fid_scorer(samples)}), headline, {**info, **fid_info}
+
+
+def _in_domain_scorer(kind: str, config: ml_collections.ConfigDict, num_samples: int, cache_dir: str | None):
+    """The digits classifier's or the 2-D toys' metrics: ``(score, headline, info)``."""
     if kind == "digits":
         from diffjax.evaluation import digits_features as df
         from diffjax.evaluation.frechet import frechet_distance
@@ -133,6 +189,35 @@ def _reference_scorer(kind: str, config: ml_collections.ConfigDict, num_samples:
     reference = sample_toy(config.data.name, max(num_samples, 2000), seed=reference_seed)
     info = {"references": f"{len(reference)} fresh samples of {config.data.name} (seed {reference_seed})"}
     return ToySampleScorer(reference), "mmd", info
+
+
+def restore_train_state(config: ml_collections.ConfigDict, workdir: str, recipe, mesh, step: int | None = None):
+    """The ``TrainState`` of ``workdir``'s checkpoint ``step`` (default: the latest), replicated.
+
+    Raises:
+      FileNotFoundError: the workdir has no checkpoint.
+      CheckpointMismatchError: the checkpoint does not fit the config.
+    """
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+    try:
+        return checkpointer.restore(abstract_train_state(recipe, config, mesh), step)
+    finally:
+        checkpointer.close()
+
+
+def generate(config: ml_collections.ConfigDict, workdir: str, recipe, *, step: int | None = None,
+             use_ema: bool = True, mesh=None) -> dict[str, Any]:
+    """``launch.py --mode=sample``: ``config.sample.num`` samples of a checkpoint into
+    ``workdir/samples/`` (see ``diffjax.evaluation.generate``)."""
+    from diffjax.evaluation.generate import generate_samples
+
+    validate(config)
+    mesh = mesh or make_mesh()
+    state = restore_train_state(config, workdir, recipe, mesh, step)
+    return generate_samples(
+        recipe, state.ema_params if use_ema else state.params, config.sample, mesh, os.path.join(workdir, "samples"),
+        checkpoint_step=int(state.step), params_name="ema" if use_ema else "raw",
+    )
 
 
 def evaluate(
@@ -184,12 +269,17 @@ def evaluate(
     validate(config)
     mesh = mesh or make_mesh()
     is_main = jax.process_index() == 0
+    kind = sample_quality_kind(config) if compute_samples else None
+    if compute_samples and kind is None:
+        logging.warning(
+            "no sample metric for data %r: set config.eval.fid_weights to pytorch-fid's Inception weights "
+            "to compute FID/IS; sample quality is skipped", config.data.name,
+        )
+    if kind is not None:  # before the checkpoint and the NLL, so that a missing weights file fails at once
+        count = int(_option(config, "num_samples", num_samples, DEFAULT_NUM_SAMPLES))
+        score, headline, info = _reference_scorer(kind, config, count, feature_cache_dir, mesh)
     eval_dir = os.path.join(workdir, "eval")
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-    try:
-        state = checkpointer.restore(abstract_train_state(recipe, config, mesh), step)
-    finally:
-        checkpointer.close()
+    state = restore_train_state(config, workdir, recipe, mesh, step)
     checkpoint_step = int(state.step)
     params = state.ema_params if use_ema else state.params
     params_name = "ema" if use_ema else "raw"
@@ -209,11 +299,8 @@ def evaluate(
         else:
             result["nll"] = {**nll.to_json(), **extra}
 
-    kind = sample_quality_kind(config)
-    if compute_samples and kind is not None:
+    if kind is not None:
         steps_list = sampling_step_list(_option(config, "sample_steps", sample_steps, config.sample.steps))
-        count = int(_option(config, "num_samples", num_samples, DEFAULT_NUM_SAMPLES))
-        score, headline, info = _reference_scorer(kind, config, count, feature_cache_dir)
         key = jax.random.fold_in(jax.random.PRNGKey(config.train.seed + 2), checkpoint_step)
         s = config.sample
         rows = []

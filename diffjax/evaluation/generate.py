@@ -1,0 +1,128 @@
+"""Generating many samples from a checkpoint to an ``.npz`` and PNG grids.
+
+    python launch.py --config experiments/digits_ddpm.py --workdir runs/digits --mode=sample \
+        --config.sample.num=10000 --config.sample.steps=ddim100 --config.sample.seed=1
+
+writes ``<workdir>/samples/<tag>.npz`` (``samples`` float32 [N, H, W, C] in [-1, 1],
+``images`` uint8 as written to PNG, ``labels`` int32 [N] for conditional models, and the
+settings), ``<tag>.json`` (the settings) and ``<tag>_grid<k>.png`` (256 samples each, for
+the first 4096 samples).
+
+Samples are drawn in chunks of ``config.sample.batch_size`` (a multiple of the device
+count), chunk j from ``fold_in(PRNGKey(sample.seed), j)`` and split over the devices, so
+the result depends on the seed and the chunk size, not on N or on how many devices run it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from diffjax.evaluation.pictures import to_uint8
+from diffjax.evaluation.sampling import make_sampler
+from diffjax.schedules import respace
+
+__all__ = ["GRID_SIZE", "generate_samples", "sample_tag"]
+
+GRID_SIZE = 256
+MAX_GRIDS = 16
+
+
+def sample_tag(sample_config: ml_collections.ConfigDict, params_name: str, checkpoint_step: int) -> str:
+    """A file name stem that says how the samples were made."""
+    s = sample_config
+    steps = s.steps or "full"
+    method = f"ddim_eta{s.eta:g}" if s.method == "ddim" else s.method
+    guidance = f"_w{s.guidance_weight:g}" if s.guidance_weight else ""
+    return f"step{checkpoint_step}_{params_name}_{method}_{steps}{guidance}_n{s.num}_seed{s.seed}"
+
+
+def generate_samples(
+    recipe,
+    params: Any,
+    sample_config: ml_collections.ConfigDict,
+    mesh: Mesh,
+    out_dir: str,
+    *,
+    checkpoint_step: int,
+    params_name: str = "ema",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Draw ``sample_config.num`` samples and write them under ``out_dir`` (process 0 writes).
+
+    Args:
+      recipe: the experiment's recipe.
+      params: denoiser params (replicated over ``mesh``).
+      sample_config: ``config.sample`` (method, steps, eta, num, batch_size, seed,
+        clip_denoised, guidance_weight).
+      mesh: the data mesh.
+      out_dir: folder of the outputs.
+      checkpoint_step: recorded in the file names and metadata.
+      params_name: "ema" or "raw", recorded likewise.
+      progress: print a line per chunk.
+
+    Returns:
+      The metadata written to ``<tag>.json``, with the ``npz`` path.
+    """
+    s = sample_config
+    devices = mesh.devices.size
+    if s.batch_size % devices:
+        raise ValueError(f"config.sample.batch_size={s.batch_size} must be a multiple of the {devices} devices")
+    draw = make_sampler(
+        recipe, mesh, num_samples=s.batch_size, steps=s.steps, method=s.method, eta=s.eta,
+        clip_denoised=s.clip_denoised, guidance_weight=s.guidance_weight,
+    )
+    root = jax.random.PRNGKey(s.seed)
+    conditional = recipe.num_classes > 0
+    chunks, label_chunks = [], []
+    started = time.perf_counter()
+    num_chunks = -(-s.num // s.batch_size)
+    for index in range(num_chunks):
+        labels = None
+        if conditional:
+            first = index * s.batch_size
+            labels = np.arange(first, first + s.batch_size) % recipe.num_classes
+            label_chunks.append(labels)
+        chunks.append(draw(params, jax.random.fold_in(root, index), labels))
+        if progress and jax.process_index() == 0:
+            print(f"samples: chunk {index + 1}/{num_chunks} ({time.perf_counter() - started:.1f} s)", flush=True)
+    samples = np.concatenate(chunks)[: s.num].astype(np.float32)
+    metadata = {
+        "checkpoint_step": checkpoint_step,
+        "params": params_name,
+        "method": s.method,
+        "steps": s.steps,
+        "num_steps": respace(recipe.diffusion.schedule, s.steps)[0].num_timesteps,
+        "eta": s.eta,
+        "clip_denoised": s.clip_denoised,
+        "guidance_weight": s.guidance_weight,
+        "num": s.num,
+        "batch_size": s.batch_size,
+        "seed": s.seed,
+        "devices": devices,
+        "seconds": time.perf_counter() - started,
+    }
+    tag = sample_tag(s, params_name, checkpoint_step)
+    path = os.path.join(out_dir, tag + ".npz")
+    metadata["npz"] = path
+    if jax.process_index() == 0:
+        os.makedirs(out_dir, exist_ok=True)
+        arrays = {"samples": samples, "images": to_uint8(samples)}
+        if conditional:
+            arrays["labels"] = np.concatenate(label_chunks)[: s.num].astype(np.int32)
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+        for k, start in enumerate(range(0, min(s.num, MAX_GRIDS * GRID_SIZE), GRID_SIZE)):
+            recipe.save_samples(samples[start : start + GRID_SIZE], os.path.join(out_dir, f"{tag}_grid{k}.png"))
+        with open(os.path.join(out_dir, tag + ".json"), "w") as f:
+            json.dump(metadata, f, indent=2)
+    return metadata
+
