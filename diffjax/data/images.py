@@ -45,6 +45,8 @@ hosts yield the same number of batches.
 
 from __future__ import annotations
 
+import concurrent.futures
+import itertools
 import math
 from typing import Callable, Iterator
 
@@ -505,9 +507,10 @@ def _streaming_batches(
 ) -> Iterator[Batch]:
     per_host = global_batch_size // process_count
     decode = _decode_fn(spec, builder, image_size)
-    step = start_step
-    while True:
-        epoch, skip_batches = divmod(step, steps_per_epoch)
+
+    def open_epoch(epoch: int, skip_batches: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Epoch ``epoch``'s batches from ``skip_batches`` on, the first already read
+        (filling the shuffle window is the slow part of starting an epoch)."""
         ds = _shuffled_records(
             builder,
             shard,
@@ -520,13 +523,32 @@ def _streaming_batches(
         ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.batch(per_host, drop_remainder=True)
         ds = ds.prefetch(tf.data.AUTOTUNE).with_options(_deterministic_options())
-        for images, labels in ds.as_numpy_iterator():
-            flips = None
-            if random_flip:
-                flips = flip_mask(seed, step, global_batch_size)
-                flips = flips[process_index * per_host : (process_index + 1) * per_host]
-            yield to_model_batch(images, labels, flips)
-            step += 1
+        batches = ds.as_numpy_iterator()
+        first = next(batches, None)
+        return batches if first is None else itertools.chain([first], batches)
+
+    step = start_step
+    # The next epoch's pipeline is opened on a thread while this one is consumed, so an
+    # epoch boundary costs no pause (its content depends on (seed, epoch) only).
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="diffjax-next-epoch") as pool:
+        epoch, skip_batches = divmod(step, steps_per_epoch)
+        upcoming = pool.submit(open_epoch, epoch, skip_batches)
+        while True:
+            batches = upcoming.result()
+            upcoming = pool.submit(open_epoch, epoch + 1, 0)
+            for images, labels in batches:
+                flips = None
+                if random_flip:
+                    flips = flip_mask(seed, step, global_batch_size)
+                    flips = flips[process_index * per_host : (process_index + 1) * per_host]
+                yield to_model_batch(images, labels, flips)
+                step += 1
+            epoch += 1
+            if step != epoch * steps_per_epoch:
+                raise RuntimeError(
+                    f"epoch {epoch - 1} of the streaming pipeline ended at step {step}, not at "
+                    f"{epoch * steps_per_epoch} ({steps_per_epoch} steps per epoch)"
+                )
 
 
 # ---------------------------------------------------------------------------
