@@ -43,6 +43,12 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from diffjax.config import validate
+    from diffjax.xla_cpu import use_cpu_fusions
+
+    config = FLAGS.config
+    validate(config)
+    use_cpu_fusions(config.runtime.xla_cpu_ynn_fusions)  # before JAX starts its backends
     import jax
 
     if FLAGS.compilation_cache:
@@ -54,11 +60,7 @@ def main(argv):
         FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, force=FLAGS.distributed
     )
 
-    from diffjax.config import validate
     from diffjax.train import train_and_evaluate
-
-    config = FLAGS.config
-    validate(config)
     from diffjax.experiments import load_experiment
 
     experiment = load_experiment(config_flags.get_config_filename(FLAGS["config"]))

@@ -29,6 +29,12 @@ def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.experiment = ""  # set by each experiment file
 
+    config.runtime = ml_collections.ConfigDict()
+    # XLA:CPU's YNNPACK library fusions (diffjax/xla_cpu.py): a comma list of dot,
+    # individual_dot, individual_convolution, reduce, eltwise; "" for none; "xla_default" for
+    # XLA's own choice. Only the CPU backend reads it; docs/performance.md has the measurements.
+    config.runtime.xla_cpu_ynn_fusions = "dot,reduce"
+
     config.data = ml_collections.ConfigDict()
     config.data.name = "cifar10"  # a tfds name, "digits", or a toy2d name for toy experiments
     config.data.data_dir = ml_collections.FieldReference(None, field_type=str)
@@ -128,6 +134,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _one_of(config, "diffusion.timestep_sampler", TIMESTEP_SAMPLERS)
     _one_of(config, "sample.method", ("ddpm", "ddim"))
     _one_of(config, "model.dtype", ("float32", "bfloat16"))
+    from diffjax.xla_cpu import check_fusions
+
+    try:
+        check_fusions(config.runtime.xla_cpu_ynn_fusions)
+    except ValueError as error:
+        raise ConfigError(f"config.runtime.xla_cpu_ynn_fusions: {error}") from None
     _one_of(config, "train.lr_decay", ("constant", "cosine"))
     _require(d.timesteps >= 2, "diffusion.timesteps", f"must be at least 2, got {d.timesteps}")
     if d.schedule == "linear":
