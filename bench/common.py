@@ -85,3 +85,17 @@ def load_experiment(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def use_case_fusions(case_json: str | None) -> str:
+    """XLA:CPU's fusions as ``launch.py`` sets them for the case's experiment config
+    (``config.runtime.xla_cpu_ynn_fusions``); call before JAX starts. Returns the choice."""
+    if not case_json:
+        return "xla_default"
+    from cases import build_config
+
+    from diffjax.xla_cpu import use_cpu_fusions
+
+    _, config = build_config(json.loads(case_json))
+    use_cpu_fusions(config.runtime.xla_cpu_ynn_fusions)
+    return config.runtime.xla_cpu_ynn_fusions

@@ -22,7 +22,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import peak_rss_mib, pin_threads, summarize, time_reps, write_result  # noqa: E402
+from common import peak_rss_mib, pin_threads, summarize, time_reps, use_case_fusions, write_result  # noqa: E402
 
 
 def _recipe(case):
@@ -243,14 +243,19 @@ def task_pipeline(args) -> dict:
         setup_s = time.perf_counter() - start
         assert first["image"].shape == (args.batch, 8, 8, 1) and first["image"].dtype == np.float32
         count = args.num_batches if in_memory else max(10, args.num_batches // 4)
-        times = []
+        times, batch_times = [], []
         for _ in range(3):
             start = time.perf_counter()
             for _ in range(count):
+                before = time.perf_counter()
                 next(it)
+                batch_times.append(time.perf_counter() - before)
             times.append((time.perf_counter() - start) / count)
         stats = summarize(times)
-        stats.update(setup_s=setup_s, batches_per_rep=count, batches_per_s=1.0 / stats["median_s"])
+        stats.update(setup_s=setup_s, batches_per_rep=count, batches_per_s=1.0 / stats["median_s"],
+                     steps_per_epoch=it.steps_per_epoch,
+                     # Within an epoch (the median batch) and the slowest batch (an epoch start).
+                     median_batch_s=float(np.median(batch_times)), max_batch_s=float(np.max(batch_times)))
         result[name] = stats
     return result
 
@@ -272,13 +277,16 @@ def main() -> None:
     parser.add_argument("--min-compile-time", type=float, default=1.0)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--num-batches", type=int, default=200)
+    parser.add_argument("--xla-default", action="store_true", help="XLA:CPU's default fusions, not launch.py's")
     args = parser.parse_args()
     threads = pin_threads(args.threads)
+    fusions = "xla_default" if args.xla_default else use_case_fusions(args.case)  # as launch.py runs
     result = {"compile": task_compile, "train": task_train, "pipeline": task_pipeline}[args.task](args)
     import jax
 
     result["threads"] = threads
     result["xla_flags"] = os.environ.get("XLA_FLAGS", "")
+    result["xla_cpu_ynn_fusions"] = fusions
     result["jax_backend"] = jax.default_backend()
     write_result(args.out, result)
 

@@ -33,7 +33,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from common import REPO, peak_rss_mib, pin_threads, summarize, time_reps, write_result  # noqa: E402
+from common import REPO, peak_rss_mib, pin_threads, summarize, time_reps, use_case_fusions, write_result  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- diffjax side
@@ -332,6 +332,8 @@ def main() -> None:
 
     if args.side:
         pin_threads(args.threads)
+        if args.side == "jax":  # XLA:CPU's fusions as launch.py sets them (diffjax/xla_cpu.py)
+            use_case_fusions(args.case)
         result = jax_side(args) if args.side == "jax" else torch_side(args)
         write_result(args.out, result)
         return

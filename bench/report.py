@@ -61,15 +61,16 @@ def render(results: dict[str, Any]) -> str:
 
     lines.append("### Train step (forward, backward, clip, Adam, EMA)")
     lines.append("")
-    lines.append("| case | params diffjax / diffusers | diffjax s/step | PyTorch s/step | diffjax img/s | PyTorch img/s | time ratio | target ≤ 1.0 |")
-    lines.append("|---|---|---|---|---|---|---|---|")
+    lines.append("| case | params diffjax / diffusers | XLA:CPU YNNPACK fusions | diffjax s/step | PyTorch s/step | diffjax img/s | PyTorch img/s | time ratio | target ≤ 1.0 |")
+    lines.append("|---|---|---|---|---|---|---|---|---|")
     for key in ("large", "small"):
         entry = results["train_step"].get(key)
         if not entry:
             continue
         j, t = entry["diffjax"], entry["torch"]
         lines.append(
-            f"| {entry['label']} | {j['params']:,} / {t['params']:,} | {_f(j['step']['median_s'], '{:.3f}')} "
+            f"| {entry['label']} | {j['params']:,} / {t['params']:,} | `{j.get('xla_cpu_ynn_fusions', '?') or 'none'}` "
+            f"| {_f(j['step']['median_s'], '{:.3f}')} "
             f"| {_f(t['step']['median_s'], '{:.3f}')} | {_f(j['step']['img_per_s'], '{:.1f}')} "
             f"| {_f(t['step']['img_per_s'], '{:.1f}')} | {_f(entry['ratio'], '{:.2f}')} | {_ok(entry['ratio'] <= 1.0)} |"
         )
@@ -79,7 +80,9 @@ def render(results: dict[str, Any]) -> str:
         lines.append(
             f"diffjax's step without a host sync between steps (as the training loop runs): "
             f"{_f(large.get('step_unsynced_mean_s'), '{:.3f}')} s/step. PyTorch: diffusers `UNet2DModel`, "
-            f"`torch.optim.Adam` (default implementation), `clip_grad_norm_`, EMA by `torch._foreach_mul_/_foreach_add_`."
+            f"`torch.optim.Adam` (default implementation), `clip_grad_norm_`, EMA by `torch._foreach_mul_/_foreach_add_`. "
+            f"The fusions are each experiment's `config.runtime.xla_cpu_ynn_fusions`, as `launch.py` sets them "
+            f"(`diffjax/xla_cpu.py`; `bench/xla_cpu_experiments.py` compares the settings)."
         )
         lines.append("")
 
@@ -134,6 +137,15 @@ def render(results: dict[str, Any]) -> str:
             )
         lines.append("")
         lines.append(f"Consumption: the digits train step above, {_f(pipe['train_steps_per_s'], '{:.2f}')} steps/s.")
+        streaming = pipe.get("streaming", {})
+        if "median_batch_s" in streaming:
+            lines.append(
+                f"Streaming within an epoch: {_f(1.0 / streaming['median_batch_s'], '{:.0f}')} batches/s (median batch); "
+                f"the slowest batch, at an epoch start, {_f(streaming['max_batch_s'], '{:.2f}')} s. Digits' epochs are "
+                f"{streaming['steps_per_epoch']} batches, so on this data set the epoch starts dominate; the next epoch's "
+                f"pipeline is opened on a thread during the current one, which hides the start on data sets whose "
+                f"epochs outlast it (CIFAR-10: 390 batches of 128)."
+            )
         lines.append("")
 
     fl = results.get("flops")
