@@ -60,8 +60,8 @@ def main(argv):
         FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, force=FLAGS.distributed
     )
 
-    from diffjax.train import train_and_evaluate
     from diffjax.experiments import load_experiment
+    from diffjax.train import train_and_evaluate
 
     experiment = load_experiment(config_flags.get_config_filename(FLAGS["config"]))
     recipe = experiment.build(config)

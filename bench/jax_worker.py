@@ -29,7 +29,6 @@ def _recipe(case):
     import dataclasses
 
     import numpy as np
-
     from cases import build_config
 
     experiment, config = build_config(case)

@@ -35,7 +35,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from common import REPO, peak_rss_mib, pin_threads, summarize, time_reps, use_case_fusions, write_result  # noqa: E402
 
-
 # ----------------------------------------------------------------------------- diffjax side
 
 
@@ -72,8 +71,8 @@ def jax_side(args) -> dict:
 
     import jax
     import jax.numpy as jnp
-    import numpy as np
     import optax
+    from jax_worker import _cost, _recipe
 
     import diffjax.train.step as step_module
     from diffjax.gaussian import q_sample
@@ -83,7 +82,6 @@ def jax_side(args) -> dict:
     from diffjax.train.loop import make_init_fn
     from diffjax.train.optim import ema_update, make_optimizer
     from diffjax.train.step import make_train_step
-    from jax_worker import _cost, _recipe
 
     case = json.loads(args.case)
     config, recipe = _recipe(case)
@@ -243,7 +241,6 @@ def jax_layers(args) -> dict:
 
 def torch_side(args) -> dict:
     import torch
-
     from torch_worker import build_train_step
 
     torch.set_num_threads(args.threads)

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import peak_rss_mib, pin_threads, summarize, time_reps, write_result  # noqa: E402

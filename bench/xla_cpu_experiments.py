@@ -103,11 +103,12 @@ def worker(args) -> dict:
         out["convs"]["x".join(map(str, shape))] = entry
 
     if not args.skip_step:
+        from jax_worker import _recipe
+
         from diffjax.parallel import global_batch, make_mesh, replicated_sharding
         from diffjax.train.loop import make_init_fn
         from diffjax.train.optim import make_optimizer
         from diffjax.train.step import make_train_step
-        from jax_worker import _recipe
 
         case = json.loads(args.case)
         config, recipe = _recipe(case)

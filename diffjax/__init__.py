@@ -49,4 +49,43 @@ from diffjax.schedules import (
 )
 from diffjax.timesteps import TimestepSampler, make_timestep_sampler
 
+__all__ = [
+    "BETA_SCHEDULES",
+    "bpd",
+    "classifier_free_guidance",
+    "ddim_step",
+    "ddpm_step",
+    "DiffusionSpec",
+    "discretized_gaussian_log_likelihood",
+    "gaussian",
+    "get_betas",
+    "likelihood",
+    "losses",
+    "make_schedule",
+    "make_timestep_sampler",
+    "named_schedule",
+    "normal_kl",
+    "Objective",
+    "p_mean_variance",
+    "predict_eps_from_v",
+    "predict_eps_from_x0",
+    "predict_v",
+    "predict_x0_from_eps",
+    "predict_x0_from_v",
+    "prior_bpd",
+    "q_mean_variance",
+    "q_posterior_mean_variance",
+    "q_sample",
+    "respace",
+    "sample",
+    "samplers",
+    "Schedule",
+    "schedules",
+    "space_timesteps",
+    "timesteps",
+    "TimestepSampler",
+    "training_losses",
+    "vb_terms_bpd",
+]
+
 __version__ = "0.1.0"

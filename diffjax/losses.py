@@ -29,7 +29,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from diffjax.gaussian import DiffusionSpec, at, p_mean_variance, predict_v, q_posterior_mean_variance
+from diffjax.gaussian import DiffusionSpec, p_mean_variance, predict_v, q_posterior_mean_variance
 from diffjax.schedules import Schedule
 
 __all__ = [

@@ -12,11 +12,8 @@ from diffjax.data import toy2d
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from diffjax.data import catalog  # noqa: E402
-from diffjax.data import digits  # noqa: E402
-from diffjax.data import images  # noqa: E402
-from diffjax.data.errors import DatasetNotPreparedError  # noqa: E402
-from diffjax.data.errors import UnknownDatasetError  # noqa: E402
+from diffjax.data import catalog, digits, images  # noqa: E402
+from diffjax.data.errors import DatasetNotPreparedError, UnknownDatasetError  # noqa: E402
 
 BATCH = 128  # digits: 1500 train examples -> 11 steps per epoch in memory.
 HOSTS_1 = dict(process_index=0, process_count=1)

@@ -13,12 +13,12 @@ import pytest
 from diffjax.checkpoint import Checkpointer
 from diffjax.compare import write_report
 from diffjax.evaluation import digits_features as df
-from diffjax.train.evaluate import evaluate, generate, sampling_step_list
 from diffjax.evaluation.frechet import FeatureStats, feature_stats, frechet_distance, load_stats, save_stats
 from diffjax.evaluation.nll import BoundEvaluator, nll_over_batches, write_nll_json
 from diffjax.evaluation.toy_metrics import mmd_rbf, sliced_wasserstein
 from diffjax.likelihood import bpd
 from diffjax.models.denoiser import make_denoise_fn
+from diffjax.train.evaluate import evaluate, generate, sampling_step_list
 from diffjax.train.loop import make_init_fn
 from tests.train_utils import toy_config, toy_recipe
 

@@ -19,7 +19,7 @@ def _launch(*args, timeout=240):
 def test_dry_run_reports_the_paper_parameter_count(config, count):
     result = _launch("--config", config, "--dry_run")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"total" in result.stdout and count in result.stdout, result.stdout
+    assert "total" in result.stdout and count in result.stdout, result.stdout
 
 
 def test_unknown_config_key_is_an_error():

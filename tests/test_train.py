@@ -5,7 +5,6 @@ import signal
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -46,7 +45,6 @@ def test_step_compiles_once_and_updates(setup):
     params0 = flat_params(state.params)
     batches = recipe.train_batches(0)
     for i in range(4):
-        previous = flat_params(state.params)
         previous_ema = flat_params(state.ema_params)
         state, metrics = step_fn(state, parallel.global_batch(mesh, next(batches)))
         assert int(state.step) == i + 1 and float(metrics["finite"]) == 1.0

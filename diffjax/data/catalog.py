@@ -34,8 +34,7 @@ from typing import Mapping
 import tensorflow_datasets as tfds
 
 from diffjax.data import digits as digits_lib
-from diffjax.data.errors import DatasetNotPreparedError
-from diffjax.data.errors import UnknownDatasetError
+from diffjax.data.errors import DatasetNotPreparedError, UnknownDatasetError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -55,9 +55,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from diffjax.data import hosts
-from diffjax.data.catalog import ImageDatasetSpec
-from diffjax.data.catalog import image_dataset_spec
-from diffjax.data.catalog import prepared_builder
+from diffjax.data.catalog import ImageDatasetSpec, image_dataset_spec, prepared_builder
 
 Batch = dict[str, np.ndarray]
 

@@ -117,7 +117,8 @@ def image_recipe(config: ml_collections.ConfigDict, model: nn.Module) -> Recipe:
 def toy_recipe(config: ml_collections.ConfigDict, model: nn.Module) -> Recipe:
     """The recipe of a 2-D toy experiment: numpy samples of ``config.data.name``, scatter
     plots of samples over data."""
-    from diffjax.data import make_toy_iterator, sample as sample_toy
+    from diffjax.data import make_toy_iterator
+    from diffjax.data import sample as sample_toy
     from diffjax.evaluation.pictures import save_scatter
 
     name = config.data.name
