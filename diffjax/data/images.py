@@ -223,7 +223,12 @@ def _encoded_records(builder, split, keys: tuple[str, ...], *, lean: bool = Fals
         decoders={"image": tfds.decode.SkipDecoding()},
         read_config=read_config,
     )
-    return ds.map(lambda example: {key: example[key] for key in keys})
+
+    @tf.autograph.experimental.do_not_convert  # plain dict selection; autograph cannot parse a lambda's source
+    def select(example):
+        return {key: example[key] for key in keys}
+
+    return ds.map(select)
 
 
 def _shuffled_records(
