@@ -34,6 +34,7 @@ Parameter names follow the state dict: ``Mixed_6b.branch7x7_2.conv.weight`` (PyT
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import os
 from collections.abc import Mapping
@@ -397,9 +398,20 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
 
 
 def weights_digest(path: str) -> str:
-    """12 hex digits of the SHA-256 of the weights file (names cached reference statistics)."""
+    """12 hex digits of the SHA-256 of the weights file (names cached reference statistics).
+
+    The file is hashed once per process while its size and modification time stay the same.
+    """
+    path = os.path.expanduser(path)
+    stat = os.stat(path)
+    return _file_digest(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    del size, mtime_ns  # cache key only
     digest = hashlib.sha256()
-    with open(os.path.expanduser(path), "rb") as f:
+    with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()[:12]
