@@ -90,11 +90,7 @@ def sample_quality_kind(config: ml_collections.ConfigDict) -> str | None:
         return "digits"
     if config.data.name in TOY_NAMES:
         return "toy2d"
-    return "fid" if _fid_weights(config) else None
-
-
-def _fid_weights(config: ml_collections.ConfigDict) -> str:
-    return config.eval.get("fid_weights", "") if "eval" in config else ""
+    return "fid" if config.eval.fid_weights else None
 
 
 def _fid_scorer(config: ml_collections.ConfigDict, mesh, cache_dir: str | None):
@@ -152,7 +148,7 @@ def _write_json(path: str, record: dict[str, Any]) -> None:
 
 def _reference_scorer(kind: str, config: ml_collections.ConfigDict, num_samples: int, cache_dir: str | None, mesh=None):
     """``(score(samples) -> dict, headline metric name, description of the references)``."""
-    fid = _fid_scorer(config, mesh, cache_dir) if _fid_weights(config) and kind != "toy2d" else None
+    fid = _fid_scorer(config, mesh, cache_dir) if config.eval.fid_weights and kind != "toy2d" else None
     if kind == "fid":
         return fid[0], "fid", fid[1]
     score, headline, info = _in_domain_scorer(kind, config, num_samples, cache_dir)
@@ -205,6 +201,11 @@ def restore_train_state(config: ml_collections.ConfigDict, workdir: str, recipe,
         checkpointer.close()
 
 
+def _chosen_params(state, use_ema: bool) -> tuple[Any, str]:
+    """The EMA or the raw params of ``state``, and their name in the output files."""
+    return (state.ema_params, "ema") if use_ema else (state.params, "raw")
+
+
 def generate(config: ml_collections.ConfigDict, workdir: str, recipe, *, step: int | None = None,
              use_ema: bool = True, mesh=None) -> dict[str, Any]:
     """``launch.py --mode=sample``: ``config.sample.num`` samples of a checkpoint into
@@ -214,9 +215,10 @@ def generate(config: ml_collections.ConfigDict, workdir: str, recipe, *, step: i
     validate(config)
     mesh = mesh or make_mesh()
     state = restore_train_state(config, workdir, recipe, mesh, step)
+    params, params_name = _chosen_params(state, use_ema)
     return generate_samples(
-        recipe, state.ema_params if use_ema else state.params, config.sample, mesh, os.path.join(workdir, "samples"),
-        checkpoint_step=int(state.step), params_name="ema" if use_ema else "raw",
+        recipe, params, config.sample, mesh, os.path.join(workdir, "samples"),
+        checkpoint_step=int(state.step), params_name=params_name,
     )
 
 
@@ -281,8 +283,7 @@ def evaluate(
     eval_dir = os.path.join(workdir, "eval")
     state = restore_train_state(config, workdir, recipe, mesh, step)
     checkpoint_step = int(state.step)
-    params = state.ema_params if use_ema else state.params
-    params_name = "ema" if use_ema else "raw"
+    params, params_name = _chosen_params(state, use_ema)
     result: dict[str, Any] = {"checkpoint_step": checkpoint_step, "nll": None, "sample_quality": None}
 
     if compute_nll and recipe.eval_batches is not None:
