@@ -8,7 +8,7 @@ import os
 import numpy as np
 from PIL import Image
 
-__all__ = ["image_grid", "save_image_grid", "save_scatter", "to_uint8"]
+__all__ = ["BORDER_VALUE", "image_grid", "save_image_grid", "save_scatter", "to_uint8"]
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -16,9 +16,17 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return np.clip(np.round((np.asarray(images, np.float64) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def image_grid(images: np.ndarray, columns: int | None = None, border: int = 1, border_value: int = 255) -> np.ndarray:
+# Mid grey: separators and empty cells stand apart from the black backgrounds and white
+# strokes of samples, so neighbouring white tiles never merge into one field.
+BORDER_VALUE = 128
+
+
+def image_grid(images: np.ndarray, columns: int | None = None, border: int = 1,
+               border_value: int = BORDER_VALUE) -> np.ndarray:
     """Tile uint8 images [N, H, W, C] into one [rows*(H+b)+b, cols*(W+b)+b, C] picture
-    with a ``border``-pixel frame between them (easier to judge small images)."""
+    with a ``border``-pixel frame of ``border_value`` between them; the cells after the
+    last image (when N does not fill the last row) are filled with ``border_value`` too,
+    so an empty cell never looks like a sample."""
     images = np.asarray(images)
     if images.ndim != 4:
         raise ValueError(f"images must be [N, H, W, C], got shape {images.shape}")
