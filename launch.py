@@ -11,14 +11,22 @@ An experiment file defines ``get_config(arg)`` (a locked ml_collections ConfigDi
 is what follows ":" in --config) and ``build(config)`` (returns the ``Recipe``).
 Multi-host: on TPU pods and SLURM clusters JAX finds its peers by itself; elsewhere give
 --coordinator_address, --num_processes and --process_id to every process.
+
+A mistake in what was asked for (a config key or value, a missing experiment file, data
+set, checkpoint or weights file, a NaN loss) is printed as its message alone and exits
+with status 1 (2 for command-line errors); ``--verbosity=1`` shows the Python traceback too.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from diffjax.errors import UserError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment file, optionally with ':arg'.", lock_config=True)
@@ -40,9 +48,61 @@ flags.DEFINE_string(
 flags.mark_flags_as_required(["config"])
 
 
+def _fail(message: str, status: int = 1):
+    """Print ``message`` as a user error and exit (no traceback)."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
+def _experiment_path(argv: list[str]) -> str | None:
+    """The file part of ``--config FILE[:arg]`` / ``--config=FILE[:arg]`` in ``argv``."""
+    for index, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1].split(":")[0]
+        if arg == "--config" and index + 1 < len(argv):
+            return argv[index + 1].split(":")[0]
+    return None
+
+
+def _unknown_key_message(error: AttributeError, argv: list[str]) -> str:
+    """ml_collections' unknown-key error as ``--config.a.b=...: no key ...``, with its
+    "Did you mean" line last."""
+    lines = str(error).strip("'\"").encode().decode("unicode_escape").split("\n")
+    key = lines[0].strip("'\"")
+    override = next((a for a in argv if a.startswith("--config.") and re.search(rf"\.{re.escape(key)}(=|$)", a)), None)
+    where = f"{override}: " if override else ""
+    return "\n".join([f"{where}unknown config key {key!r}", *lines[1:]])
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a user's mistakes reported in one message instead of a traceback."""
+    path = _experiment_path(argv)
+    if path is not None and not os.path.isfile(path):
+        _fail(f"no experiment file {path}", 2)
+    try:
+        return FLAGS(argv)
+    except AttributeError as error:  # an override of a key the config does not have
+        _fail(_unknown_key_message(error, argv), 2)
+    except flags.Error as error:
+        message = str(error)
+        flag, _, details = message.partition(": Error whilst parsing config file")
+        if details:  # get_config(arg) raised: keep the exception line of its traceback
+            message = f"{flag}: {details.strip().splitlines()[-1].strip()}"
+        _fail(message, 2)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        _run()
+    except UserError as error:
+        if FLAGS.verbosity >= 1:
+            raise
+        _fail(str(error))
+
+
+def _run():
     from diffjax.config import validate
     from diffjax.xla_cpu import use_cpu_fusions
 
@@ -89,4 +149,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from diffjax.errors import UserError
 from diffjax.gaussian import MEAN_TYPES, VAR_TYPES
 from diffjax.losses import OBJECTIVES, WEIGHTINGS
 from diffjax.schedules import BETA_SCHEDULES, space_timesteps
@@ -20,7 +21,7 @@ from diffjax.timesteps import TIMESTEP_SAMPLERS
 __all__ = ["ConfigError", "base_config", "validate"]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value that cannot work, named with its full key."""
 
 

@@ -22,10 +22,36 @@ def test_dry_run_reports_the_paper_parameter_count(config, count):
     assert "total" in result.stdout and count in result.stdout, result.stdout
 
 
-def test_unknown_config_key_is_an_error():
-    result = _launch("--config", "experiments/digits_ddpm.py", "--config.train.batchsize=3", "--dry_run")
+def assert_user_error(result, message):
+    """A non-zero exit whose stderr says ``message`` without a Python traceback."""
     assert result.returncode != 0
-    assert "batchsize" in result.stderr
+    assert message in result.stderr, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+
+
+def test_unknown_config_key_is_an_error_with_did_you_mean_last():
+    result = _launch("--config", "experiments/digits_ddpm.py", "--config.train.batchsize=3", "--dry_run")
+    assert_user_error(result, "--config.train.batchsize=3: unknown config key 'batchsize'")
+    assert result.stderr.strip().splitlines()[-1] == 'Did you mean "batch_size" instead of "batchsize"?'
+
+
+def test_missing_experiment_file_is_named():
+    result = _launch("--config", "experiments/nope.py", "--dry_run")
+    assert_user_error(result, "error: no experiment file experiments/nope.py")
+    assert "config_config" not in result.stderr
+
+
+def test_bad_experiment_variant_is_one_line():
+    result = _launch("--config", "experiments/iddpm_cifar10.py:kl_cosine", "--dry_run")
+    assert_user_error(result, "variant must be OBJECTIVE_SCHEDULE")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_user_errors_show_their_traceback_with_verbosity_1():
+    args = ("--config", "experiments/digits_ddpm.py", "--config.diffusion.schedule=cosin", "--dry_run")
+    assert_user_error(_launch(*args), "error: config.diffusion.schedule: 'cosin' is not one of")
+    result = _launch(*args, "--verbosity=1")
+    assert result.returncode != 0 and "Traceback" in result.stderr and "ConfigError" in result.stderr
 
 
 def test_wrong_type_is_an_error():
@@ -36,8 +62,7 @@ def test_wrong_type_is_an_error():
 
 def test_bad_value_is_an_error_naming_the_key():
     result = _launch("--config", "experiments/digits_ddpm.py", "--config.diffusion.schedule=cosin", "--dry_run")
-    assert result.returncode != 0
-    assert "config.diffusion.schedule: 'cosin' is not one of" in result.stderr
+    assert_user_error(result, "config.diffusion.schedule: 'cosin' is not one of")
 
 
 @pytest.mark.parametrize(
@@ -74,6 +99,7 @@ def test_missing_dataset_fails_at_once_with_what_to_do(tmp_path):
     start = time.time()
     result = _launch("--config", "experiments/ddpm_cifar10.py", "--workdir", str(tmp_path / "run"),
                      f"--config.data.data_dir={tmp_path / 'empty'}")
-    assert result.returncode != 0
-    assert "cifar10" in result.stderr and "download_and_prepare" in result.stderr, result.stderr[-2000:]
+    assert_user_error(result, "download_and_prepare")
+    assert "cifar10" in result.stderr
+    assert not (tmp_path / "run").exists()
     assert time.time() - start < 60  # tfds would retry a download for ~205 s

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from diffjax.errors import UserError
 
-class DatasetNotPreparedError(FileNotFoundError):
+
+class DatasetNotPreparedError(UserError, FileNotFoundError):
     """A tfds data set is not present in the data_dir and will not be downloaded.
 
     Training machines are assumed to have no network access: a data set must be
@@ -13,5 +15,5 @@ class DatasetNotPreparedError(FileNotFoundError):
     """
 
 
-class UnknownDatasetError(ValueError):
+class UnknownDatasetError(UserError, ValueError):
     """A data set name that the data layer does not know."""

@@ -46,6 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from diffjax.errors import UserError
+
 __all__ = [
     "FID_IMAGE_SIZE",
     "FID_WEIGHTS_FILENAME",
@@ -72,11 +74,11 @@ _IGNORED_SUFFIXES = (".num_batches_tracked",)
 _IGNORED_PREFIXES = ("AuxLogits.",)
 
 
-class FidWeightsError(ValueError):
+class FidWeightsError(UserError, ValueError):
     """A weights file that does not fit the FID Inception network."""
 
 
-class FidWeightsNotFoundError(FileNotFoundError):
+class FidWeightsNotFoundError(UserError, FileNotFoundError):
     """The FID Inception weights file is not where the config says."""
 
 
