@@ -9,10 +9,12 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 from jax.experimental import multihost_utils
 
 from diffjax.checkpoint import Checkpointer, PreemptionFlag
-from diffjax.config import validate
+from diffjax.config import ConfigError, validate
+from diffjax.errors import UserError
 from diffjax.evaluation.sampling import make_sampler
 from diffjax.models.denoiser import init_params
 from diffjax.parallel import global_batch, make_mesh, replicated_sharding
@@ -25,7 +27,7 @@ from diffjax.train.step import make_train_step
 __all__ = ["NonFiniteLossError", "abstract_train_state", "make_init_fn", "train_and_evaluate"]
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """The loss or gradient became NaN/inf; the state and checkpoints before it are intact."""
 
 
@@ -49,10 +51,17 @@ def abstract_train_state(recipe: Recipe, config: ml_collections.ConfigDict, mesh
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract)
 
 
-def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    path = os.path.join(workdir, "config.json")
-    with open(path, "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+def _record_config(config: ml_collections.ConfigDict, workdir: str, start_step: int) -> None:
+    """Write ``config.json`` (the config now in effect) and a copy into ``configs/``, one
+    file per launch (``NNN_from_step_S.json``), so a workdir keeps what each stretch of
+    training used. Called once the run has started (state restored or initialised, data
+    found, first steps finite)."""
+    text = config.to_json_best_effort(indent=2, sort_keys=True)
+    history = epath.Path(workdir) / "configs"
+    history.mkdir(parents=True, exist_ok=True)
+    launch = sum(1 for path in history.glob("*_from_step_*.json"))
+    (history / f"{launch:03d}_from_step_{start_step}.json").write_text(text)
+    (epath.Path(workdir) / "config.json").write_text(text)
 
 
 def _any_process(flag: bool) -> bool:
@@ -64,11 +73,17 @@ def _any_process(flag: bool) -> bool:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, recipe: Recipe) -> TrainState:
     """Train ``recipe`` as ``config`` says, in ``workdir``, resuming from its last checkpoint.
 
-    Writes ``config.json``, ``checkpoints/``, ``metrics.jsonl``, TensorBoard events and
-    ``samples/step_N.png``. Stops after ``config.train.num_steps`` updates, or after saving
-    when SIGTERM arrives (preemption).
+    Writes ``config.json`` (and ``configs/NNN_from_step_S.json``, one per launch),
+    ``checkpoints/``, ``metrics.jsonl``, TensorBoard events and ``samples/step_N.png``.
+    Nothing is written before the run has started (config valid, checkpoint restored or
+    state initialised, data found, the first logged steps finite): a launch that fails
+    earlier leaves the workdir as it was. Stops after ``config.train.num_steps`` updates,
+    or after saving when SIGTERM arrives (preemption). A checkpoint already at or past
+    ``num_steps`` trains nothing and says so.
 
     Raises:
+      ConfigError: the batch does not divide over the devices.
+      CheckpointMismatchError: the workdir's checkpoint does not fit the config.
       NonFiniteLossError: a step's loss or gradient was NaN/inf. No update of that step
         (or later) was applied, and no checkpoint after the last good step was written.
 
@@ -78,55 +93,49 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, recipe: 
     validate(config)
     train = config.train
     is_main = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
-    if is_main:
-        _write_config(config, workdir)
-
     mesh = make_mesh()
     if train.batch_size % mesh.devices.size:
-        raise ValueError(f"config.train.batch_size={train.batch_size} must be divisible by the {mesh.devices.size} devices")
+        raise ConfigError(f"config.train.batch_size={train.batch_size} must be divisible by the {mesh.devices.size} devices")
     optimizer = make_optimizer(train)
-    checkpointer = Checkpointer(
-        os.path.join(workdir, "checkpoints"),
-        max_to_keep=train.keep_checkpoints,
-        save_interval_steps=train.checkpoint_every,
-        async_save=train.async_checkpoints,
-    )
-    # Open the data first: a missing data set fails here, before anything compiles.
-    batches = recipe.train_batches(checkpointer.latest_step() or 0)
+    # Nothing is written to the workdir until the run has started: a launch that fails on
+    # its config, data, checkpoint or first steps leaves the workdir as it was.
+    checkpoint_dir = os.path.join(workdir, "checkpoints")
     abstract_state = abstract_train_state(recipe, config, mesh)
-    if checkpointer.latest_step() is not None:
-        state = checkpointer.restore(abstract_state)
-    else:
+    state = _restore_latest(checkpoint_dir, abstract_state)
+    start_step = 0 if state is None else int(state.step)
+    if start_step >= train.num_steps:
+        if is_main:
+            print(f"checkpoint at step {start_step} >= train.num_steps = {train.num_steps}: nothing to train "
+                  f"(raise --config.train.num_steps to train on)")
+        return state
+    batches = recipe.train_batches(start_step)  # a missing data set fails here, before anything compiles
+    if state is None:
         init = jax.jit(make_init_fn(recipe, config), out_shardings=replicated_sharding(mesh))
         state = init(jax.random.PRNGKey(train.seed))
-    start_step = int(state.step)
-    if start_step != (checkpointer.latest_step() or 0):
-        raise RuntimeError(f"restored state is at step {start_step}, its checkpoint at {checkpointer.latest_step()}")
 
     step_fn = make_train_step(recipe, optimizer, train.ema_decay, mesh)
     draw = make_sampler(
         recipe, mesh, num_samples=config.sample.num, steps=config.sample.steps, method=config.sample.method,
         eta=config.sample.eta, clip_denoised=config.sample.clip_denoised, guidance_weight=config.sample.guidance_weight,
     )
-    writer = MetricsWriter(workdir, enabled=is_main)
+    outputs = _RunOutputs(workdir, config, start_step, is_main)
     preemption = PreemptionFlag()
     progress = _progress_bar(is_main, start_step, train.num_steps)
     pending: list[dict[str, Any]] = []
     last_log_time, last_log_step = time.perf_counter(), start_step
 
-    def check_finite(up_to_step: int) -> None:
-        if not pending:
-            return
-        finite = np.asarray(jax.device_get([m["finite"] for m in pending]))
+    def check_finite_and_open(up_to_step: int) -> None:
+        """Raise if a pending step was not finite; else open the outputs (first call)."""
+        finite = np.asarray(jax.device_get([m["finite"] for m in pending]), bool)
         if not finite.all():
             bad = up_to_step - len(pending) + int(np.argmin(finite)) + 1
-            checkpointer.wait_until_finished()
+            last = outputs.latest_checkpoint_step() if outputs.is_open else (start_step or None)
             raise NonFiniteLossError(
                 f"the loss or gradient became NaN/inf at step {bad}; updates stopped there. "
-                f"The last checkpoint is step {checkpointer.latest_step()} in {checkpointer.directory}. "
+                f"The last checkpoint is step {last} in {checkpoint_dir}. "
                 "Lower config.train.lr, check the data, or train in float32."
             )
+        outputs.open()
 
     try:
         for step in range(start_step, train.num_steps):
@@ -135,31 +144,81 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, recipe: 
             pending.append(metrics)
             done = step + 1
             if done % train.log_every == 0 or done == train.num_steps:
-                check_finite(done)
+                check_finite_and_open(done)
                 now = time.perf_counter()
                 means = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0] if k != "finite"}
                 means["steps_per_sec"] = (done - last_log_step) / (now - last_log_time)
                 last_log_time, last_log_step = now, done
-                writer.write(done, means)
+                outputs.writer.write(done, means)
                 progress.update(done, means)
                 pending.clear()
             if done % train.checkpoint_every == 0 or done == train.num_steps:
-                check_finite(done)
-                checkpointer.save(done, state, force=True)
+                check_finite_and_open(done)
+                outputs.checkpointer.save(done, state, force=True)
             if done % train.sample_every == 0 or done == train.num_steps:
+                check_finite_and_open(done)
                 samples = draw(state.ema_params, jax.random.fold_in(jax.random.PRNGKey(train.seed + 1), done))
                 if is_main:
                     recipe.save_samples(samples, os.path.join(workdir, "samples", f"step_{done}.png"))
             if done % train.log_every == 0 and _any_process(preemption.is_set()):
-                check_finite(done)
-                checkpointer.save(done, state, force=True)
+                check_finite_and_open(done)
+                outputs.checkpointer.save(done, state, force=True)
                 break
     finally:
-        checkpointer.close()
-        writer.close()
+        outputs.close()
         progress.close()
         preemption.restore()
     return state
+
+
+class _RunOutputs:
+    """What a training run writes to its workdir: ``config.json`` and its history, the
+    metrics writer and the checkpointer. Opened only once the run has started, so that a
+    launch that fails before leaves the workdir as it was."""
+
+    def __init__(self, workdir: str, config: ml_collections.ConfigDict, start_step: int, is_main: bool):
+        self._workdir, self._config, self._start_step, self._is_main = workdir, config, start_step, is_main
+        self.writer: MetricsWriter | None = None
+        self.checkpointer: Checkpointer | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.checkpointer is not None
+
+    def open(self) -> None:
+        if self.is_open:
+            return
+        train = self._config.train
+        if self._is_main:
+            _record_config(self._config, self._workdir, self._start_step)
+        self.writer = MetricsWriter(self._workdir, enabled=self._is_main)
+        self.checkpointer = Checkpointer(
+            os.path.join(self._workdir, "checkpoints"),
+            max_to_keep=train.keep_checkpoints,
+            save_interval_steps=train.checkpoint_every,
+            async_save=train.async_checkpoints,
+        )
+
+    def latest_checkpoint_step(self) -> int | None:
+        self.checkpointer.wait_until_finished()
+        return self.checkpointer.latest_step()
+
+    def close(self) -> None:
+        if self.is_open:
+            self.checkpointer.close()
+            self.writer.close()
+
+
+def _restore_latest(checkpoint_dir: str, abstract_state: TrainState) -> TrainState | None:
+    """The state of the newest checkpoint in ``checkpoint_dir``, or None if it has none.
+    Creates nothing."""
+    if not epath.Path(checkpoint_dir).exists():
+        return None
+    checkpointer = Checkpointer(checkpoint_dir, async_save=False)
+    try:
+        return None if checkpointer.latest_step() is None else checkpointer.restore(abstract_state)
+    finally:
+        checkpointer.close()
 
 
 class _progress_bar:
