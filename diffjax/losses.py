@@ -33,6 +33,7 @@ from diffjax.gaussian import DiffusionSpec, p_mean_variance, predict_v, q_poster
 from diffjax.schedules import Schedule
 
 __all__ = [
+    "BIN_PROBABILITY_FLOOR",
     "OBJECTIVES",
     "WEIGHTINGS",
     "Objective",
@@ -79,15 +80,26 @@ def approx_standard_normal_cdf(x: jax.Array) -> jax.Array:
     return jax.nn.sigmoid(_approx_cdf_logit(x))
 
 
+BIN_PROBABILITY_FLOOR = 1e-12
+"""Every bin's probability is floored here, as in DDPM's and improved DDPM's code: a pixel's
+decoder NLL is at most -log(1e-12) ~= 27.63 nats, and it has no gradient below the floor."""
+
+
 def discretized_gaussian_log_likelihood(x: jax.Array, means: jax.Array, log_scales: jax.Array) -> jax.Array:
     """log p(x) of 8-bit data under a Gaussian discretised to its 256 bins (DDPM section 3.3).
 
     Data are uint8 values scaled to [-1, 1]: bin centres 2k/255 - 1, width 2/255. The two
     outer bins extend to -inf and +inf, so the probabilities of the 256 bins sum to one.
-    The CDF is DDPM's tanh approximation. The bin mass is taken on the side of the mean
-    where it is a difference of two small tail values, not of two numbers near 1, so it
-    stays accurate in float32 far into the tails (the approximation is symmetric:
-    F(-z) = 1 - F(z)).
+    The CDF is DDPM's tanh approximation. Every bin's probability, the two edge bins'
+    included, is floored at ``BIN_PROBABILITY_FLOOR`` = 1e-12 before the log, as in both
+    papers' code, so -log p(x) <= 27.63 nats per pixel and the gradient is zero (not NaN)
+    where the floor applies.
+
+    Accuracy above the floor: the edge bins' log F(upper) and log(1 - F(lower)) are log
+    sigmoids of the approximation's logit, exact far into the tails. An inner bin's mass is
+    taken on the side of the mean where it is a difference of two small tail values, not
+    of two numbers near 1, so it stays accurate in float32 far into the tails (the
+    approximation is symmetric: F(-z) = 1 - F(z)).
 
     Args:
       x: data on the bin centres, [...].
@@ -95,20 +107,24 @@ def discretized_gaussian_log_likelihood(x: jax.Array, means: jax.Array, log_scal
       log_scales: log standard deviations (half the log variance), broadcastable to x.
 
     Returns:
-      Elementwise log-likelihoods in nats, x's shape.
+      Elementwise log-likelihoods in nats, x's shape, all >= log(1e-12).
     """
     centered = x - means
     inv_stdv = jnp.exp(-log_scales)
     upper = inv_stdv * (centered + 1.0 / 255.0)
     lower = inv_stdv * (centered - 1.0 / 255.0)
-    log_cdf_upper = jax.nn.log_sigmoid(_approx_cdf_logit(upper))
-    log_survival_lower = jax.nn.log_sigmoid(-_approx_cdf_logit(lower))
+    log_floor = math.log(BIN_PROBABILITY_FLOOR)
+    # Edge bins: log F(upper) at x = -1, log(1 - F(lower)) = log F(-lower) at x = +1.
+    log_cdf_upper = jnp.maximum(jax.nn.log_sigmoid(_approx_cdf_logit(upper)), log_floor)
+    log_survival_lower = jnp.maximum(jax.nn.log_sigmoid(-_approx_cdf_logit(lower)), log_floor)
     # Inner bins: F(upper) - F(lower), or equally S(lower) - S(upper) right of the mean.
     right = centered > 0
     big = jnp.where(right, -lower, upper)
     small = jnp.where(right, -upper, lower)
     log_bin_mass = jnp.log(
-        jnp.maximum(approx_standard_normal_cdf(big) - approx_standard_normal_cdf(small), 1e-12)
+        jnp.maximum(
+            approx_standard_normal_cdf(big) - approx_standard_normal_cdf(small), BIN_PROBABILITY_FLOOR
+        )
     )
     return jnp.where(x < -0.999, log_cdf_upper, jnp.where(x > 0.999, log_survival_lower, log_bin_mass))
 

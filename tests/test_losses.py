@@ -75,6 +75,28 @@ def test_prior_bpd_known_values(schedule):
     np.testing.assert_allclose(float(losses.prior_bpd(schedule, jnp.ones((1, 2)))[0]), 2.9e-5, rtol=0.05)
 
 
+# ------------------------------------------------ decoder floor (DDPM / improved DDPM)
+
+LOG_PROB_FLOOR = math.log(1e-12)
+"""Both papers' code floors every bin's probability at 1e-12: -log p(pixel) <= 27.63 nats."""
+
+
+def papers_decoder_log_likelihood(x, means, log_scales):
+    """float64 numpy log p(x) of the papers' discretised decoder, every bin floored at 1e-12.
+
+    Written from DDPM's / improved DDPM's ``discretized_gaussian_log_likelihood``: the tanh
+    CDF approximation F, the bin [x - 1/255, x + 1/255] with the edge bins open to -inf
+    (x = -1) and +inf (x = +1), and log(max(p, 1e-12)) for every bin. Shapes broadcast.
+    """
+    cdf = lambda v: 0.5 * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v**3)))
+    inv_std = np.exp(-log_scales)
+    cdf_plus, cdf_min = cdf(inv_std * (x - means + 1 / 255)), cdf(inv_std * (x - means - 1 / 255))
+    floored_log = lambda p: np.log(np.maximum(p, 1e-12))
+    return np.where(
+        x < -0.999, floored_log(cdf_plus), np.where(x > 0.999, floored_log(1 - cdf_min), floored_log(cdf_plus - cdf_min))
+    )
+
+
 def vb_reference(spec, betas, output, x0, x_t, t):
     """float64 numpy VLB term in bits/dim."""
     from tests.test_gaussian import reference_p_mean_variance
@@ -90,11 +112,7 @@ def vb_reference(spec, betas, output, x0, x_t, t):
     mean, lv, _ = reference_p_mean_variance(spec, betas, output, x_t, t, False)
     kl = 0.5 * (-1 + lv - true_lv + np.exp(true_lv - lv) + (true_mean - mean) ** 2 * np.exp(-lv))
     kl = kl.reshape(len(t), -1).mean(1) / np.log(2)
-    s = np.exp(0.5 * lv)
-    cdf = lambda v: 0.5 * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v**3)))
-    plus, minus = cdf((x0 - mean + 1 / 255) / s), cdf((x0 - mean - 1 / 255) / s)
-    floor = lambda p: np.log(np.maximum(p, 1e-12))
-    logp = np.where(x0 < -0.999, floor(plus), np.where(x0 > 0.999, floor(1 - minus), floor(plus - minus)))
+    logp = papers_decoder_log_likelihood(x0, mean, 0.5 * lv)
     nll = -logp.reshape(len(t), -1).mean(1) / np.log(2)
     return np.where(t == 0, nll, kl)
 
@@ -120,6 +138,105 @@ def test_vb_terms_match_reference(schedule, spec):
     # terms near 0 are differences of O(1) numbers: absolute float32 roundoff ~1e-7
     np.testing.assert_allclose(vb, expected, rtol=1e-5, atol=1e-7)
     assert np.all(np.asarray(vb) >= 0)
+
+
+def edge_pixels_and_means(log_scales, sigmas_inside):
+    """x = -1 and +1 pixels with means ``k`` decoder std devs inside [-1, 1] for every k.
+
+    Args:
+      log_scales: [S] log standard deviations.
+      sigmas_inside: [K] distances k, in standard deviations.
+
+    Returns:
+      (x, means, log_scales), each float32 [2, S, K].
+    """
+    x = np.array([-1.0, 1.0])[:, None, None]
+    log_scales = np.asarray(log_scales, np.float64)[None, :, None]
+    means = x - np.sign(x) * np.asarray(sigmas_inside)[None, None, :] * np.exp(log_scales)
+    x, means, log_scales = np.broadcast_arrays(x, means, log_scales)
+    return tuple(np.float32(a) for a in (x, means, log_scales))
+
+
+def test_decoder_edge_bins_are_floored_like_the_papers():
+    """Means 0..70 sigma inside the +-1 edge bins: the papers' values, never below log 1e-12."""
+    sigmas_inside = np.linspace(0.0, 70.0, 141)
+    x, means, log_scales = edge_pixels_and_means([-7.0, -4.9, -3.0], sigmas_inside)
+    log_likelihood = jax.jit(losses.discretized_gaussian_log_likelihood)(x, means, log_scales)
+    f64 = lambda a: np.asarray(a, np.float64)
+    expected = papers_decoder_log_likelihood(f64(x), f64(means), f64(log_scales))
+    np.testing.assert_allclose(log_likelihood, expected, rtol=1e-5, atol=1e-5)
+    assert np.all(-np.asarray(log_likelihood) <= -LOG_PROB_FLOOR * (1 + 1e-6))
+
+    grad = jax.jit(jax.grad(lambda m: losses.discretized_gaussian_log_likelihood(x, m, log_scales).sum()))(means)
+    assert np.all(np.isfinite(grad))
+    floored = expected == np.float64(LOG_PROB_FLOOR)
+    assert floored[..., -1].all() and not floored[..., 0].any()
+    np.testing.assert_array_equal(np.asarray(grad)[floored], 0.0)
+
+
+def far_decoder_batch(spec, betas, sigmas_inside=70.0):
+    """A t = 0 batch of +-1 pixels whose decoder mean lies ``sigmas_inside`` std devs inside [-1, 1].
+
+    The denoiser output is solved (in float64) from the wanted decoder mean for ``spec``'s
+    mean type; learned variances are random (variances in [1e-5, 1e-4] for ``learned``,
+    v in [-1, 1] for ``learned_range``).
+
+    Returns:
+      (output [B, H, W, C or 2C], x0 [B, H, W, C], x_t [B, H, W, C], t [B]), float64 numpy
+      arrays (t int32).
+    """
+    from tests.test_gaussian import reference_p_mean_variance
+
+    rng = np.random.default_rng(7)
+    shape = (4, 4, 4, 3)
+    x0 = rng.choice([-1.0, 1.0], shape)
+    t = np.zeros(shape[0], np.int32)
+    alpha_bar = np.cumprod(1 - betas)[0]
+    x_t = np.sqrt(alpha_bar) * x0 + np.sqrt(1 - alpha_bar) * rng.normal(size=shape)
+    if spec.var_type == "learned":
+        var_values = rng.uniform(math.log(1e-5), math.log(1e-4), shape)
+    else:
+        var_values = rng.uniform(-1.0, 1.0, shape)
+    placeholder = np.concatenate([np.zeros(shape), var_values], -1) if spec.learns_variance else np.zeros(shape)
+    _, log_variance, _ = reference_p_mean_variance(spec, betas, placeholder, x_t, t, False)
+    # At t = 0 the decoder mean is x0_hat itself (posterior coefficients 1 and 0).
+    x0_hat = x0 - np.sign(x0) * sigmas_inside * np.exp(0.5 * log_variance)
+    prediction = {
+        "eps": (x_t - np.sqrt(alpha_bar) * x0_hat) / np.sqrt(1 - alpha_bar),
+        "x0": x0_hat,
+        "v": (np.sqrt(alpha_bar) * x_t - x0_hat) / np.sqrt(1 - alpha_bar),
+    }[spec.mean_type]
+    output = np.concatenate([prediction, var_values], -1) if spec.learns_variance else prediction
+    return output, x0, x_t, t
+
+
+@pytest.mark.parametrize("mean_type", gaussian.MEAN_TYPES)
+@pytest.mark.parametrize("var_type", gaussian.VAR_TYPES)
+def test_decoder_term_far_from_edge_pixels_is_floored(schedule, mean_type, var_type):
+    """L_0 with decoder means 70 sigma inside +-1 pixels: every pixel at the papers' floor,
+    -log 1e-12 nats, and no gradient (zero, not NaN) through the floor."""
+    spec = DiffusionSpec(mean_type, var_type)
+    betas = schedules.get_betas("linear", T)
+    output, x0, x_t, t = far_decoder_batch(spec, betas)
+    expected = vb_reference(spec, betas, output, x0, x_t, t)
+    output, x0, x_t = (jnp.asarray(a, jnp.float32) for a in (output, x0, x_t))
+    t = jnp.asarray(t)
+
+    vb_of_output = lambda out: losses.vb_terms_bpd(spec, schedule, out, x0, x_t, t)["vb"]
+    vb = jax.jit(vb_of_output)(output)
+    grad_output = jax.jit(jax.grad(lambda out: vb_of_output(out).sum()))(output)
+    np.testing.assert_allclose(vb, expected, rtol=1e-5)
+    np.testing.assert_allclose(expected, -LOG_PROB_FLOOR / math.log(2.0), rtol=1e-12)
+    assert np.all(np.isfinite(grad_output))
+    np.testing.assert_array_equal(grad_output, 0.0)
+
+    model = gaussian.p_mean_variance(spec, schedule, output, x_t, t)
+    log_scales = 0.5 * model["log_variance"]
+    pixel_nll = lambda mean: -losses.discretized_gaussian_log_likelihood(x0, mean, log_scales)
+    assert np.all(np.asarray(pixel_nll(model["mean"])) <= -LOG_PROB_FLOOR * (1 + 1e-6))
+    grad_mean = jax.grad(lambda mean: pixel_nll(mean).sum())(model["mean"])
+    assert np.all(np.isfinite(grad_mean))
+    np.testing.assert_array_equal(grad_mean, 0.0)
 
 
 def make_batch(schedule, spec, key=0, channels=3):
