@@ -108,6 +108,34 @@ def test_ddim_eta1_step_is_the_ddpm_posterior_step(schedule):
     np.testing.assert_allclose(ddim, ddpm, atol=2e-5, rtol=1e-4)
 
 
+def ddim_coefficients_float64(betas, t, eta):
+    """DDIM eq. 12 and 16 as written, in float64: the eps_hat coefficient sqrt(1 - a_{t-1} - sigma^2)
+    and sigma = eta sqrt((1 - a_{t-1})/(1 - a_t)) sqrt(1 - a_t/a_{t-1}), each [len(t)]; a = alpha_bar."""
+    alpha_bar = np.cumprod(1 - np.asarray(betas, np.float64))
+    a, a_prev = alpha_bar[t], np.append(1.0, alpha_bar[:-1])[t]
+    sigma = eta * np.sqrt((1 - a_prev) / (1 - a)) * np.sqrt(1 - a / a_prev)
+    return np.sqrt(1 - a_prev - sigma**2), sigma, a
+
+
+@pytest.mark.parametrize("eta", [1.0, 0.5])
+@pytest.mark.parametrize("schedule_name", ["linear", "cosine"])
+def test_ddim_step_coefficients_match_float64(schedule_name, eta):
+    """DDIM's eps_hat coefficient and sigma to float32 precision, also near t = T-1 where
+    1 - a_{t-1} - sigma^2 cancels at eta = 1 (cosine: 1e-3 out of 1) and near t = 0."""
+    t = np.array([1, 2, 10, 500, 990, 995, 997, 998, 999])
+    direction, sigma, alpha_bar = ddim_coefficients_float64(schedules.get_betas(schedule_name, 1000), t, eta)
+    schedule = schedules.named_schedule(schedule_name, 1000)
+    # x0_hat = 0 (x0 prediction, no clipping) makes eps_hat = x_t / sqrt(1 - a_t) and
+    # x_{t-1} = direction eps_hat + sigma z: unit x_t (z = 0) and unit z (x_t = 0) read off each.
+    spec = DiffusionSpec("x0", "fixed_small")
+    step = jax.jit(
+        lambda x_t, z: samplers.ddim_step(spec, schedule, jnp.zeros_like(x_t), x_t, jnp.asarray(t), None, False, eta, noise=z)[0]
+    )
+    ones, zeros = jnp.ones((len(t), 1)), jnp.zeros((len(t), 1))
+    np.testing.assert_allclose(step(ones, zeros)[:, 0], direction / np.sqrt(1 - alpha_bar), rtol=2e-6)
+    np.testing.assert_allclose(step(zeros, ones)[:, 0], sigma, rtol=2e-6)
+
+
 def test_ddim_is_deterministic_and_keys_reproduce(exact, schedule):
     respaced, _ = schedules.respace(schedule, "ddim20")
     a = run(exact, respaced, "ddim", key=0)
