@@ -3,13 +3,17 @@
 import dataclasses
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 
-from diffjax.checkpoint import CheckpointMismatchError
+from diffjax.checkpoint import CheckpointDamagedError, CheckpointMismatchError, NoCheckpointError
 from diffjax.data.errors import DatasetNotPreparedError
+from diffjax.evaluation import generate as generate_module
+from diffjax.evaluation.generate import OutputNotWritableError
 from diffjax.train import NonFiniteLossError, train_and_evaluate
+from diffjax.train.evaluate import evaluate, generate
 from tests.train_utils import run_python, toy_config, toy_recipe
 
 
@@ -38,8 +42,6 @@ def trained(tmp_path_factory):
 
 
 def copy_of(trained, tmp_path) -> str:
-    import shutil
-
     workdir = str(tmp_path / "run")
     shutil.copytree(trained[0], workdir)
     return workdir
@@ -140,3 +142,40 @@ def test_launch_failures_keep_config_json_and_print_no_traceback(tmp_path):
         assert sorted(os.listdir(workdir)) == ["config.json"]
         assert (workdir / "config.json").read_text() == '{"a": "config of an earlier launch"}'
     assert not np.any([name.startswith("configs") for name in os.listdir(workdir)])
+
+
+def test_every_checkpoint_damaged_leaves_the_workdir_as_it_was(trained, tmp_path):
+    workdir = copy_of(trained, tmp_path)
+    for step in ("2", "4"):
+        os.remove(os.path.join(workdir, "checkpoints", step, "default", "_METADATA"))
+    before = snapshot(workdir)
+    config = other_config()
+    with pytest.raises(CheckpointDamagedError, match=r"(?s)step 4 .*_METADATA is missing.*step 2 "):
+        train_and_evaluate(config, workdir, toy_recipe(config))
+    assert snapshot(workdir) == before
+
+
+@pytest.mark.parametrize("mode", ["eval", "sample"])
+@pytest.mark.parametrize("existing", [False, True])
+def test_eval_and_sample_without_a_checkpoint_create_nothing(tmp_path, mode, existing):
+    workdir = tmp_path / "run"
+    if existing:
+        workdir.mkdir()
+    config = toy_config()
+    run = evaluate if mode == "eval" else generate
+    with pytest.raises(NoCheckpointError, match="no checkpoint in .*train first"):
+        run(config, str(workdir), toy_recipe(config))
+    assert (sorted(os.listdir(workdir)) == []) if existing else not workdir.exists()
+
+
+def test_sample_into_an_unwritable_folder_fails_before_sampling(trained, tmp_path, monkeypatch):
+    workdir = copy_of(trained, tmp_path)
+    shutil.rmtree(os.path.join(workdir, "samples"))
+    with open(os.path.join(workdir, "samples"), "w") as f:  # a file where the samples folder should be
+        f.write("")
+    def must_not_sample(*args, **kwargs):
+        raise AssertionError("sampled before checking the output folder")
+
+    monkeypatch.setattr(generate_module, "make_sampler", must_not_sample)
+    with pytest.raises(OutputNotWritableError, match="cannot write to .*samples"):
+        generate(trained[1], workdir, toy_recipe(trained[1]))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from typing import Any
 
@@ -25,11 +26,13 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
+from diffjax.config import ConfigError
+from diffjax.errors import UserError
 from diffjax.evaluation.pictures import to_uint8
 from diffjax.evaluation.sampling import make_sampler
 from diffjax.schedules import respace
 
-__all__ = ["GRID_SIZE", "generate_samples", "sample_tag"]
+__all__ = ["GRID_SIZE", "OutputNotWritableError", "ensure_writable", "generate_samples", "sample_tag"]
 
 GRID_SIZE = 256
 MAX_GRIDS = 16
@@ -42,6 +45,24 @@ def sample_tag(sample_config: ml_collections.ConfigDict, params_name: str, check
     method = f"ddim_eta{s.eta:g}" if s.method == "ddim" else s.method
     guidance = f"_w{s.guidance_weight:g}" if s.guidance_weight else ""
     return f"step{checkpoint_step}_{params_name}_{method}_{steps}{guidance}_n{s.num}_seed{s.seed}"
+
+
+class OutputNotWritableError(UserError, OSError):
+    """The folder that outputs go to cannot be created or written."""
+
+
+def ensure_writable(directory: str) -> None:
+    """Create ``directory`` if needed and check that a file can be written in it.
+
+    Raises:
+      OutputNotWritableError: naming the directory and the operating system's reason.
+    """
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write_test_"):
+            pass
+    except OSError as error:
+        raise OutputNotWritableError(f"cannot write to {directory}: {error.strerror or error}") from None
 
 
 def generate_samples(
@@ -74,7 +95,9 @@ def generate_samples(
     s = sample_config
     devices = mesh.devices.size
     if s.batch_size % devices:
-        raise ValueError(f"config.sample.batch_size={s.batch_size} must be a multiple of the {devices} devices")
+        raise ConfigError(f"config.sample.batch_size={s.batch_size} must be a multiple of the {devices} devices")
+    if jax.process_index() == 0:
+        ensure_writable(out_dir)  # fail now, not after sampling
     draw = make_sampler(
         recipe, mesh, num_samples=s.batch_size, steps=s.steps, method=s.method, eta=s.eta,
         clip_denoised=s.clip_denoised, guidance_weight=s.guidance_weight,
@@ -113,7 +136,6 @@ def generate_samples(
     path = os.path.join(out_dir, tag + ".npz")
     metadata["npz"] = path
     if jax.process_index() == 0:
-        os.makedirs(out_dir, exist_ok=True)
         arrays = {"samples": samples, "images": to_uint8(samples)}
         if conditional:
             arrays["labels"] = np.concatenate(label_chunks)[: s.num].astype(np.int32)

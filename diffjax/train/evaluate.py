@@ -191,7 +191,8 @@ def restore_train_state(config: ml_collections.ConfigDict, workdir: str, recipe,
     """The ``TrainState`` of ``workdir``'s checkpoint ``step`` (default: the latest), replicated.
 
     Raises:
-      FileNotFoundError: the workdir has no checkpoint.
+      NoCheckpointError: the workdir has no checkpoint (nothing is created in it).
+      CheckpointDamagedError: no checkpoint of the workdir can be read.
       CheckpointMismatchError: the checkpoint does not fit the config.
     """
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
@@ -264,7 +265,8 @@ def evaluate(
       sample_quality.json's record or None}``.
 
     Raises:
-      FileNotFoundError: the workdir has no checkpoint.
+      NoCheckpointError: the workdir has no checkpoint (nothing is created in it).
+      CheckpointDamagedError: no checkpoint of the workdir can be read.
       CheckpointMismatchError: the checkpoint does not fit the config.
     """
 

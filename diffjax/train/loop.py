@@ -99,11 +99,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, recipe: 
     optimizer = make_optimizer(train)
     # Nothing is written to the workdir until the run has started: a launch that fails on
     # its config, data, checkpoint or first steps leaves the workdir as it was.
-    checkpoint_dir = os.path.join(workdir, "checkpoints")
-    abstract_state = abstract_train_state(recipe, config, mesh)
-    state = _restore_latest(checkpoint_dir, abstract_state)
+    checkpointer = Checkpointer(  # writes nothing until its first save
+        os.path.join(workdir, "checkpoints"),
+        max_to_keep=train.keep_checkpoints,
+        save_interval_steps=train.checkpoint_every,
+        async_save=train.async_checkpoints,
+    )
+    state = None
+    if checkpointer.latest_step() is not None:  # the newest readable one; damaged ones are skipped, named
+        state = checkpointer.restore_latest(abstract_train_state(recipe, config, mesh)).state
     start_step = 0 if state is None else int(state.step)
     if start_step >= train.num_steps:
+        checkpointer.close()
         if is_main:
             print(f"checkpoint at step {start_step} >= train.num_steps = {train.num_steps}: nothing to train "
                   f"(raise --config.train.num_steps to train on)")
@@ -118,7 +125,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, recipe: 
         recipe, mesh, num_samples=config.sample.num, steps=config.sample.steps, method=config.sample.method,
         eta=config.sample.eta, clip_denoised=config.sample.clip_denoised, guidance_weight=config.sample.guidance_weight,
     )
-    outputs = _RunOutputs(workdir, config, start_step, is_main)
+    outputs = _RunOutputs(workdir, config, start_step, is_main, checkpointer)
     preemption = PreemptionFlag()
     progress = _progress_bar(is_main, start_step, train.num_steps)
     pending: list[dict[str, Any]] = []
@@ -129,10 +136,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, recipe: 
         finite = np.asarray(jax.device_get([m["finite"] for m in pending]), bool)
         if not finite.all():
             bad = up_to_step - len(pending) + int(np.argmin(finite)) + 1
-            last = outputs.latest_checkpoint_step() if outputs.is_open else (start_step or None)
+            checkpointer.wait_until_finished()
             raise NonFiniteLossError(
                 f"the loss or gradient became NaN/inf at step {bad}; updates stopped there. "
-                f"The last checkpoint is step {last} in {checkpoint_dir}. "
+                f"The last checkpoint is step {checkpointer.latest_step()} in {checkpointer.directory}. "
                 "Lower config.train.lr, check the data, or train in float32."
             )
         outputs.open()
@@ -152,9 +159,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, recipe: 
                 outputs.writer.write(done, means)
                 progress.update(done, means)
                 pending.clear()
-            if done % train.checkpoint_every == 0 or done == train.num_steps:
+            saved = done % train.checkpoint_every == 0 or done == train.num_steps
+            if saved:
                 check_finite_and_open(done)
-                outputs.checkpointer.save(done, state, force=True)
+                checkpointer.save(done, state, force=True)
             if done % train.sample_every == 0 or done == train.num_steps:
                 check_finite_and_open(done)
                 samples = draw(state.ema_params, jax.random.fold_in(jax.random.PRNGKey(train.seed + 1), done))
@@ -162,7 +170,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, recipe: 
                     recipe.save_samples(samples, os.path.join(workdir, "samples", f"step_{done}.png"))
             if done % train.log_every == 0 and _any_process(preemption.is_set()):
                 check_finite_and_open(done)
-                outputs.checkpointer.save(done, state, force=True)
+                if not saved:
+                    checkpointer.save(done, state, force=True)
                 break
     finally:
         outputs.close()
@@ -172,53 +181,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, recipe: 
 
 
 class _RunOutputs:
-    """What a training run writes to its workdir: ``config.json`` and its history, the
-    metrics writer and the checkpointer. Opened only once the run has started, so that a
-    launch that fails before leaves the workdir as it was."""
+    """What a training run writes besides checkpoints: ``config.json`` and its history,
+    and the metrics. Opened only once the run has started, so that a launch that fails
+    before leaves the workdir as it was; closing it closes the checkpointer too."""
 
-    def __init__(self, workdir: str, config: ml_collections.ConfigDict, start_step: int, is_main: bool):
+    def __init__(self, workdir: str, config: ml_collections.ConfigDict, start_step: int, is_main: bool,
+                 checkpointer: Checkpointer):
         self._workdir, self._config, self._start_step, self._is_main = workdir, config, start_step, is_main
+        self._checkpointer = checkpointer
         self.writer: MetricsWriter | None = None
-        self.checkpointer: Checkpointer | None = None
-
-    @property
-    def is_open(self) -> bool:
-        return self.checkpointer is not None
 
     def open(self) -> None:
-        if self.is_open:
+        if self.writer is not None:
             return
-        train = self._config.train
         if self._is_main:
             _record_config(self._config, self._workdir, self._start_step)
         self.writer = MetricsWriter(self._workdir, enabled=self._is_main)
-        self.checkpointer = Checkpointer(
-            os.path.join(self._workdir, "checkpoints"),
-            max_to_keep=train.keep_checkpoints,
-            save_interval_steps=train.checkpoint_every,
-            async_save=train.async_checkpoints,
-        )
-
-    def latest_checkpoint_step(self) -> int | None:
-        self.checkpointer.wait_until_finished()
-        return self.checkpointer.latest_step()
 
     def close(self) -> None:
-        if self.is_open:
-            self.checkpointer.close()
+        self._checkpointer.close()
+        if self.writer is not None:
             self.writer.close()
-
-
-def _restore_latest(checkpoint_dir: str, abstract_state: TrainState) -> TrainState | None:
-    """The state of the newest checkpoint in ``checkpoint_dir``, or None if it has none.
-    Creates nothing."""
-    if not epath.Path(checkpoint_dir).exists():
-        return None
-    checkpointer = Checkpointer(checkpoint_dir, async_save=False)
-    try:
-        return None if checkpointer.latest_step() is None else checkpointer.restore(abstract_state)
-    finally:
-        checkpointer.close()
 
 
 class _progress_bar:
