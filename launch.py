@@ -23,10 +23,19 @@ import os
 import re
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from diffjax.errors import UserError
+from diffjax.models.summary import parameter_table
+from diffjax.run.config import validate
+from diffjax.run.evaluate import evaluate
+from diffjax.run.experiments import load_experiment
+from diffjax.run.sample import generate
+from diffjax.runtime import mesh
+from diffjax.runtime.xla_cpu import use_cpu_fusions
+from diffjax.train import train_and_evaluate
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment file, optionally with ':arg'.", lock_config=True)
@@ -103,46 +112,30 @@ def main(argv):
 
 
 def _run():
-    from diffjax.config import validate
-    from diffjax.xla_cpu import use_cpu_fusions
-
+    if not FLAGS["verbosity"].present:
+        # Some libraries raise absl's verbosity to INFO on import, and Orbax then logs every
+        # step of every save.
+        logging.set_verbosity(logging.WARNING)
     config = FLAGS.config
-    validate(config)
-    use_cpu_fusions(config.runtime.xla_cpu_ynn_fusions)  # before JAX starts its backends
-    import jax
-
+    validate(config)  # the one validation of a run's config
+    # XLA reads its flags when JAX starts its first backend, which nothing imported above
+    # does: set XLA:CPU's fusions now, before any array exists.
+    use_cpu_fusions(config.runtime.xla_cpu_ynn_fusions)
     if FLAGS.compilation_cache:
         jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    from diffjax import parallel
-
-    parallel.initialize_distributed(
-        FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, force=FLAGS.distributed
-    )
-
-    from diffjax.experiments import load_experiment
-    from diffjax.train import train_and_evaluate
-
+    mesh.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                                force=FLAGS.distributed)
     experiment = load_experiment(config_flags.get_config_filename(FLAGS["config"]))
     recipe = experiment.build(config)
-    if not FLAGS["verbosity"].present:
-        # Set after the imports: some libraries raise absl's verbosity to INFO on import,
-        # and Orbax then logs every step of every save.
-        logging.set_verbosity(logging.WARNING)
     if FLAGS.dry_run:
-        from diffjax.models.summary import parameter_table
-
         print(parameter_table(recipe.model, recipe.input_shape))
         return
     if not FLAGS.workdir:
         raise app.UsageError(f"--workdir is required to {FLAGS.mode}")
     if FLAGS.mode == "eval":
-        from diffjax.train.evaluate import evaluate
-
         evaluate(config, FLAGS.workdir, recipe)
     elif FLAGS.mode == "sample":
-        from diffjax.train.evaluate import generate
-
         print(f"wrote {generate(config, FLAGS.workdir, recipe)['npz']}")
     else:
         train_and_evaluate(config, FLAGS.workdir, recipe)

@@ -94,7 +94,7 @@ def use_case_fusions(case_json: str | None) -> str:
         return "xla_default"
     from cases import build_config
 
-    from diffjax.xla_cpu import use_cpu_fusions
+    from diffjax.runtime.xla_cpu import use_cpu_fusions
 
     _, config = build_config(json.loads(case_json))
     use_cpu_fusions(config.runtime.xla_cpu_ynn_fusions)

@@ -6,7 +6,7 @@
 
 ``train`` times diffjax's real compiled train step (``make_train_step`` over a one-device
 mesh, state donated) on synthetic batches, reads XLA's cost and memory analyses of it,
-and, with ``--sample-steps``, times a K-step DDIM run of ``diffjax.samplers.sample``
+and, with ``--sample-steps``, times a K-step DDIM run of ``diffjax.diffusion.samplers.sample``
 inside one jit against one jitted forward pass. ``compile`` lowers and compiles the init
 function and the train step from abstract shapes, as a fresh launch does, with JAX's
 persistent compilation cache in ``--cache-dir`` (run it twice for cold and warm).
@@ -94,10 +94,10 @@ def task_train(args) -> dict:
     import jax
     import jax.numpy as jnp
 
+    from diffjax.diffusion.samplers import sample
+    from diffjax.diffusion.schedules import respace
     from diffjax.models.denoiser import count_params, make_denoise_fn
-    from diffjax.parallel import global_batch, make_mesh, replicated_sharding
-    from diffjax.samplers import sample
-    from diffjax.schedules import respace
+    from diffjax.runtime.mesh import global_batch, make_mesh, replicated_sharding
     from diffjax.train.loop import make_init_fn
     from diffjax.train.optim import make_optimizer
     from diffjax.train.step import make_train_step
@@ -194,7 +194,7 @@ def task_compile(args) -> dict:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", args.min_compile_time)
     import jax.numpy as jnp
 
-    from diffjax.parallel import data_sharding, make_mesh, replicated_sharding
+    from diffjax.runtime.mesh import data_sharding, make_mesh, replicated_sharding
     from diffjax.train.loop import abstract_train_state, make_init_fn
     from diffjax.train.optim import make_optimizer
     from diffjax.train.step import make_train_step

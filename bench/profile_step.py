@@ -75,10 +75,10 @@ def jax_side(args) -> dict:
     from jax_worker import _cost, _recipe
 
     import diffjax.train.step as step_module
-    from diffjax.gaussian import q_sample
-    from diffjax.losses import training_losses
+    from diffjax.diffusion.gaussian import q_sample
+    from diffjax.diffusion.losses import training_losses
     from diffjax.models.denoiser import make_denoise_fn
-    from diffjax.parallel import global_batch, make_mesh, replicated_sharding
+    from diffjax.runtime.mesh import global_batch, make_mesh, replicated_sharding
     from diffjax.train.loop import make_init_fn
     from diffjax.train.optim import ema_update, make_optimizer
     from diffjax.train.step import make_train_step
@@ -329,7 +329,7 @@ def main() -> None:
 
     if args.side:
         pin_threads(args.threads)
-        if args.side == "jax":  # XLA:CPU's fusions as launch.py sets them (diffjax/xla_cpu.py)
+        if args.side == "jax":  # XLA:CPU's fusions as launch.py sets them (diffjax/runtime/xla_cpu.py)
             use_case_fusions(args.case)
         result = jax_side(args) if args.side == "jax" else torch_side(args)
         write_result(args.out, result)

@@ -82,7 +82,7 @@ def render(results: dict[str, Any]) -> str:
             f"{_f(large.get('step_unsynced_mean_s'), '{:.3f}')} s/step. PyTorch: diffusers `UNet2DModel`, "
             f"`torch.optim.Adam` (default implementation), `clip_grad_norm_`, EMA by `torch._foreach_mul_/_foreach_add_`. "
             f"The fusions are each experiment's `config.runtime.xla_cpu_ynn_fusions`, as `launch.py` sets them "
-            f"(`diffjax/xla_cpu.py`; `bench/xla_cpu_experiments.py` compares the settings)."
+            f"(`diffjax/runtime/xla_cpu.py`; `bench/xla_cpu_experiments.py` compares the settings)."
         )
         lines.append("")
 

@@ -13,7 +13,7 @@ Runs back to back, each part in a fresh process pinned to the same ``--threads``
    layers and parameter count trained by a plain PyTorch step; img/s and time ratio;
 2. compile time of a launch (jit(init) + train step), cold and warm with JAX's
    persistent compilation cache, in two fresh processes sharing a temporary cache;
-3. sampling: a 50-step DDIM run of ``diffjax.samplers.sample`` inside one jit against
+3. sampling: a 50-step DDIM run of ``diffjax.diffusion.samplers.sample`` inside one jit against
    50 x one jitted forward pass, and against diffusers' ``DDIMPipeline`` over the torch UNet;
 4. input pipeline: batches/s of ``make_train_iterator("digits")`` against the digits
    train step's steps/s;

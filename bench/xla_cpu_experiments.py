@@ -15,7 +15,7 @@ it times, as medians after warm-up:
 
 Settings: XLA's default (YNNPACK fusions for convs, dots and reductions), YNNPACK off
 (``--xla_cpu_experimental_ynn_fusion_type=``: XLA's own kernels), YNNPACK for dots and
-convolutions only, and YNNPACK for dots and reductions (``diffjax/xla_cpu.py``, what
+convolutions only, and YNNPACK for dots and reductions (``diffjax/runtime/xla_cpu.py``, what
 ``launch.py`` sets). Writes ``bench/xla_cpu_experiments.json`` and prints a table.
 """
 
@@ -105,7 +105,7 @@ def worker(args) -> dict:
     if not args.skip_step:
         from jax_worker import _recipe
 
-        from diffjax.parallel import global_batch, make_mesh, replicated_sharding
+        from diffjax.runtime.mesh import global_batch, make_mesh, replicated_sharding
         from diffjax.train.loop import make_init_fn
         from diffjax.train.optim import make_optimizer
         from diffjax.train.step import make_train_step

@@ -1,6 +1,6 @@
 """diffjax: diffusion models in JAX/Flax.
 
-The pure diffusion math is importable from the top level:
+The pure diffusion math (``diffjax.diffusion``) is importable from the top level:
 
 * ``schedules``: beta schedules, the float32 ``Schedule`` tables, respacing.
 * ``gaussian``: q(x_t | x_0), the posterior, eps/x_0/v conversions, ``p_mean_variance``.
@@ -12,11 +12,12 @@ The pure diffusion math is importable from the top level:
 A denoiser is any ``denoise(params, x_t, t, cond) -> output`` with x_t [B, ...] and t
 int32 [B] the step of the original T-step process; ``DiffusionSpec`` says how its output
 is read. Networks live in ``diffjax.models``, data in ``diffjax.data``, training in
-``diffjax.train``; import those submodules explicitly.
+``diffjax.train``, metrics in ``diffjax.evaluation``, configs and entry points in
+``diffjax.run``; ``docs/architecture.md`` draws the layers. Import those explicitly.
 """
 
-from diffjax import gaussian, likelihood, losses, samplers, schedules, timesteps
-from diffjax.gaussian import (
+from diffjax.diffusion import gaussian, likelihood, losses, samplers, schedules, timesteps
+from diffjax.diffusion.gaussian import (
     DiffusionSpec,
     p_mean_variance,
     predict_eps_from_v,
@@ -28,8 +29,8 @@ from diffjax.gaussian import (
     q_posterior_mean_variance,
     q_sample,
 )
-from diffjax.likelihood import bpd
-from diffjax.losses import (
+from diffjax.diffusion.likelihood import bpd
+from diffjax.diffusion.losses import (
     Objective,
     discretized_gaussian_log_likelihood,
     normal_kl,
@@ -37,8 +38,8 @@ from diffjax.losses import (
     training_losses,
     vb_terms_bpd,
 )
-from diffjax.samplers import classifier_free_guidance, ddim_step, ddpm_step, sample
-from diffjax.schedules import (
+from diffjax.diffusion.samplers import classifier_free_guidance, ddim_step, ddpm_step, sample
+from diffjax.diffusion.schedules import (
     BETA_SCHEDULES,
     Schedule,
     get_betas,
@@ -47,7 +48,7 @@ from diffjax.schedules import (
     respace,
     space_timesteps,
 )
-from diffjax.timesteps import TimestepSampler, make_timestep_sampler
+from diffjax.diffusion.timesteps import TimestepSampler, make_timestep_sampler
 
 __all__ = [
     "BETA_SCHEDULES",

@@ -8,8 +8,12 @@ keeps working for library users.
 
 from __future__ import annotations
 
-__all__ = ["UserError"]
+__all__ = ["ConfigError", "UserError"]
 
 
 class UserError(Exception):
     """A mistake in the user's input whose message says what is wrong and what to do."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config value that cannot work, named with its full key (``config.train.lr: ...``)."""

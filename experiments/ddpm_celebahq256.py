@@ -10,8 +10,8 @@ Model: DDPM's 256x256 UNet, 113,673,219 parameters (128 ch, mult 1,1,2,2,4,4, 2 
 blocks, attention at 16x16, no dropout). lr 2e-5 (2e-4 was unstable), batch 64.
 """
 
-from diffjax.config import base_config
-from diffjax.train.recipe import image_recipe, unet_from_config
+from diffjax.run.config import base_config
+from diffjax.run.recipes import image_recipe, unet_from_config
 
 
 def get_config(arg: str | None = None):

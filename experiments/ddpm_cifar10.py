@@ -12,8 +12,8 @@ fixed variance (DDPM's CIFAR-10 run sampled with beta: fixed_large). Adam lr 2e-
 warmup steps, global-norm clip 1, batch 128, EMA 0.9999, random flips.
 """
 
-from diffjax.config import base_config
-from diffjax.train.recipe import image_recipe, unet_from_config
+from diffjax.run.config import base_config
+from diffjax.run.recipes import image_recipe, unet_from_config
 
 
 def get_config(arg: str | None = None):

@@ -7,8 +7,8 @@ Hardware: TPU v3-8 in the paper (2.2 steps/s at batch 64; 1.2M steps). Expect: F
 crop, resize to 256). Model and optimiser as experiments/ddpm_celebahq256.py.
 """
 
-from diffjax.experiments import load_experiment
-from diffjax.train.recipe import image_recipe, unet_from_config
+from diffjax.run.experiments import load_experiment
+from diffjax.run.recipes import image_recipe, unet_from_config
 
 
 def get_config(arg: str | None = None):

@@ -14,14 +14,14 @@ EMA make 1200 steps enough (800 steps already give mostly recognisable digits in
 docs/results_digits.md's runs).
 """
 
-from diffjax.config import base_config
-from diffjax.train.recipe import image_recipe, unet_from_config
+from diffjax.run.config import base_config
+from diffjax.run.recipes import image_recipe, unet_from_config
 
 
 def get_config(arg: str | None = None):
     config = base_config()
     config.experiment = "digits_ddpm"
-    config.runtime.xla_cpu_ynn_fusions = ""  # measured fastest for this small UNet (diffjax/xla_cpu.py)
+    config.runtime.xla_cpu_ynn_fusions = ""  # measured fastest for this small UNet (diffjax/runtime/xla_cpu.py)
     config.data.name = "digits"
     config.data.image_size = 8
     config.data.channels = 1

@@ -18,8 +18,8 @@ with the strided ancestral sampler (which uses the learned variance) at 1000, 10
 25 steps.
 """
 
-from diffjax.config import base_config
-from diffjax.train.recipe import image_recipe, unet_from_config
+from diffjax.run.config import base_config
+from diffjax.run.recipes import image_recipe, unet_from_config
 
 OBJECTIVES = ("simple", "hybrid", "vlb")
 SCHEDULES = ("linear", "cosine")
@@ -31,7 +31,7 @@ def get_config(arg: str | None = None):
         raise ValueError(f"variant must be OBJECTIVE_SCHEDULE with OBJECTIVE in {OBJECTIVES} and SCHEDULE in {SCHEDULES}; got {arg!r}")
     config = base_config()
     config.experiment = "digits_iddpm"
-    config.runtime.xla_cpu_ynn_fusions = ""  # measured fastest for this small UNet (diffjax/xla_cpu.py)
+    config.runtime.xla_cpu_ynn_fusions = ""  # measured fastest for this small UNet (diffjax/runtime/xla_cpu.py)
     config.data.name = "digits"
     config.data.image_size = 8
     config.data.channels = 1

@@ -17,8 +17,8 @@ loss-second-moment importance sampler. AdamW lr 1e-4, no warmup, no clipping, EM
 0.9999, timesteps rescaled to 0..1000, no random flips (the released loader used none).
 """
 
-from diffjax.config import base_config
-from diffjax.train.recipe import image_recipe, unet_from_config
+from diffjax.run.config import base_config
+from diffjax.run.recipes import image_recipe, unet_from_config
 
 OBJECTIVES = ("simple", "hybrid", "vlb")
 SCHEDULES = ("linear", "cosine")

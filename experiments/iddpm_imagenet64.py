@@ -10,9 +10,9 @@ Model: 121,063,942 parameters with learned sigma (128 ch, mult 1,2,3,4, 3 res bl
 attention at 16 and 8 with 4 heads, scale-shift norm, no dropout); 1.5M steps at batch 128.
 """
 
-from diffjax.config import base_config
-from diffjax.experiments import load_experiment
-from diffjax.train.recipe import image_recipe, unet_from_config
+from diffjax.run.config import base_config
+from diffjax.run.experiments import load_experiment
+from diffjax.run.recipes import image_recipe, unet_from_config
 
 
 def get_config(arg: str | None = None):

@@ -11,10 +11,10 @@ in which the samples cover every mode of the data.
 
 import jax.numpy as jnp
 
-from diffjax.config import base_config
-from diffjax.gaussian import DiffusionSpec
+from diffjax.diffusion.gaussian import DiffusionSpec
 from diffjax.models import MLPDenoiser
-from diffjax.train.recipe import toy_recipe
+from diffjax.run.config import base_config
+from diffjax.run.recipes import toy_recipe
 
 
 def get_config(arg: str | None = None):

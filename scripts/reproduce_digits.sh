@@ -12,4 +12,4 @@ for objective in simple hybrid vlb; do
     python launch.py --config "experiments/digits_iddpm.py:${variant}" --workdir "${runs}/${variant}" --mode=eval
   done
 done
-python -m diffjax.compare "${runs}"/* --out docs/results_digits_table.md
+python -m diffjax.run.compare "${runs}"/* --out docs/results_digits_table.md

@@ -1,6 +1,6 @@
 """Test session setup: XLA:CPU's fusions as the digits experiments set them (none: the
 tests' models are small), before JAX starts a backend."""
 
-from diffjax.xla_cpu import use_cpu_fusions
+from diffjax.runtime.xla_cpu import use_cpu_fusions
 
 use_cpu_fusions("")

@@ -25,7 +25,7 @@ def main():
 
     import jax
 
-    from diffjax import parallel
+    from diffjax.runtime import mesh as parallel
 
     if args.num_processes > 1:
         parallel.initialize_distributed(f"127.0.0.1:{args.port}", args.num_processes, args.process_id)

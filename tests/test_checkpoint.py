@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from diffjax.checkpoint import CheckpointDamagedError, Checkpointer, CheckpointMismatchError
+from diffjax.runtime.checkpoint import CheckpointDamagedError, Checkpointer, CheckpointMismatchError
 
 
 def make_state(step: int, width: int = 32) -> dict:

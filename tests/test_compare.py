@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from diffjax.compare import load_run, main, summary_table, write_report
+from diffjax.run.compare import load_run, main, summary_table, write_report
 from tests.train_utils import run_python, toy_config
 
 
@@ -78,6 +78,6 @@ def test_main_prints_the_table_and_fails_cleanly_on_a_missing_run(tmp_path, caps
 
 def test_runs_as_a_module(tmp_path):
     a = make_run(tmp_path, "a", quality_steps=(10,))
-    result = run_python(["-m", "diffjax.compare", a, "--out", str(tmp_path / "r.md")], timeout=120)
+    result = run_python(["-m", "diffjax.run.compare", a, "--out", str(tmp_path / "r.md")], timeout=120)
     assert result.returncode == 0, result.stderr
     assert "FD-digits @10 steps" in result.stdout and (tmp_path / "r_schedules.png").exists()

@@ -10,15 +10,16 @@ import jax
 import numpy as np
 import pytest
 
-from diffjax.checkpoint import Checkpointer
-from diffjax.compare import write_report
+from diffjax.diffusion.likelihood import bpd
 from diffjax.evaluation import digits_features as df
 from diffjax.evaluation.frechet import FeatureStats, feature_stats, frechet_distance, load_stats, save_stats
 from diffjax.evaluation.nll import BoundEvaluator, nll_over_batches, write_nll_json
 from diffjax.evaluation.toy_metrics import mmd_rbf, sliced_wasserstein
-from diffjax.likelihood import bpd
 from diffjax.models.denoiser import make_denoise_fn
-from diffjax.train.evaluate import evaluate, generate, sampling_step_list
+from diffjax.run.compare import write_report
+from diffjax.run.evaluate import evaluate, sampling_step_list
+from diffjax.run.sample import generate
+from diffjax.runtime.checkpoint import Checkpointer
 from diffjax.train.loop import make_init_fn
 from tests.train_utils import toy_config, toy_recipe
 
@@ -261,7 +262,7 @@ def test_sampling_step_list():
 
 
 def test_digits_scorer_of_evaluate(digits_net):
-    from diffjax.train.evaluate import _reference_scorer
+    from diffjax.run.evaluate import _reference_scorer
     from tests.train_utils import load_experiment
 
     config = load_experiment("digits_ddpm").get_config()

@@ -8,12 +8,12 @@ import shutil
 import numpy as np
 import pytest
 
-from diffjax.checkpoint import CheckpointDamagedError, CheckpointMismatchError, NoCheckpointError
 from diffjax.data.errors import DatasetNotPreparedError
-from diffjax.evaluation import generate as generate_module
-from diffjax.evaluation.generate import OutputNotWritableError
+from diffjax.run import sample as sample_module
+from diffjax.run.evaluate import evaluate
+from diffjax.run.sample import OutputNotWritableError, generate
+from diffjax.runtime.checkpoint import CheckpointDamagedError, CheckpointMismatchError, NoCheckpointError
 from diffjax.train import NonFiniteLossError, train_and_evaluate
-from diffjax.train.evaluate import evaluate, generate
 from tests.train_utils import run_python, toy_config, toy_recipe
 
 
@@ -176,6 +176,6 @@ def test_sample_into_an_unwritable_folder_fails_before_sampling(trained, tmp_pat
     def must_not_sample(*args, **kwargs):
         raise AssertionError("sampled before checking the output folder")
 
-    monkeypatch.setattr(generate_module, "make_sampler", must_not_sample)
+    monkeypatch.setattr(sample_module, "make_sampler", must_not_sample)
     with pytest.raises(OutputNotWritableError, match="cannot write to .*samples"):
         generate(trained[1], workdir, toy_recipe(trained[1]))

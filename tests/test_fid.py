@@ -285,7 +285,7 @@ def test_reference_stats_are_cached_and_scorer_runs(tmp_path, expected_shapes):
 
 
 def test_evaluate_scores_fid_with_given_weights_and_fails_fast_without(tmp_path, expected_shapes):
-    from diffjax.train.evaluate import _reference_scorer, evaluate, sample_quality_kind
+    from diffjax.run.evaluate import _reference_scorer, evaluate, sample_quality_kind
     from tests.train_utils import load_experiment
 
     experiment = load_experiment("ddpm_cifar10")

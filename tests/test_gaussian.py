@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from diffjax import gaussian, schedules
-from diffjax.gaussian import DiffusionSpec
+from diffjax.diffusion.gaussian import DiffusionSpec
 
 T = 1000
 

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from diffjax.config import ConfigError, validate
+from diffjax.run.config import ConfigError, validate
 from tests.train_utils import load_experiment, run_python
 
 

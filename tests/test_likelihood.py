@@ -22,10 +22,10 @@ import pytest
 from numpy.polynomial.hermite_e import hermegauss
 from scipy.stats import norm
 
-from diffjax.analytic import gaussian_mixture_denoiser
-from diffjax.gaussian import DiffusionSpec
-from diffjax.likelihood import bpd
-from diffjax.schedules import get_betas, named_schedule
+from diffjax.diffusion.analytic import gaussian_mixture_denoiser
+from diffjax.diffusion.gaussian import DiffusionSpec
+from diffjax.diffusion.likelihood import bpd
+from diffjax.diffusion.schedules import get_betas, named_schedule
 
 STD = 0.3
 DIM = 4

@@ -9,8 +9,8 @@ import pytest
 from scipy import special
 
 from diffjax import gaussian, losses, schedules
-from diffjax.gaussian import DiffusionSpec
-from diffjax.losses import Objective
+from diffjax.diffusion.gaussian import DiffusionSpec
+from diffjax.diffusion.losses import Objective
 
 T = 1000
 

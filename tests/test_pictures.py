@@ -4,7 +4,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from diffjax.evaluation.pictures import BORDER_VALUE, image_grid, save_image_grid
+from diffjax.data.pictures import BORDER_VALUE, image_grid, save_image_grid
 
 
 def test_white_tiles_stay_separate_and_the_empty_cell_is_border_grey():

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffjax import analytic, gaussian, likelihood, samplers, schedules
-from diffjax.gaussian import DiffusionSpec
+from diffjax.diffusion import analytic, gaussian, likelihood, samplers, schedules
+from diffjax.diffusion.gaussian import DiffusionSpec
 
 MEANS = np.array([[-0.6, 0.0], [0.6, 0.4], [0.0, -0.6]])
 STDS = np.array([0.15, 0.10, 0.20])

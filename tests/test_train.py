@@ -8,8 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from diffjax import parallel
-from diffjax.checkpoint import Checkpointer, CheckpointMismatchError
+from diffjax.runtime import mesh as parallel
+from diffjax.runtime.checkpoint import Checkpointer, CheckpointMismatchError
 from diffjax.train import NonFiniteLossError, train_and_evaluate
 from diffjax.train.loop import abstract_train_state, make_init_fn
 from diffjax.train.metrics import read_metrics

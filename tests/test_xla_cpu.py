@@ -1,4 +1,4 @@
-"""diffjax.xla_cpu: the XLA:CPU fusion choice is applied, respected when the user sets it,
+"""diffjax.runtime.xla_cpu: the XLA:CPU fusion choice is applied, respected when the user sets it,
 and changes how convolution gradients compile but not their values."""
 
 import json
@@ -6,15 +6,15 @@ import json
 import numpy as np
 import pytest
 
-from diffjax.config import ConfigError, base_config, validate
-from diffjax.xla_cpu import YNN_FUSION_OPTION, cpu_xla_flags, use_cpu_fusions
+from diffjax.run.config import ConfigError, base_config, validate
+from diffjax.runtime.xla_cpu import YNN_FUSION_OPTION, cpu_xla_flags, use_cpu_fusions
 from tests.train_utils import run_python
 
 # Prints, as JSON, whether a 3x3 conv's ops (forward and both gradients) run inside
 # YNNPACK fusions in the compiled program, and the gradients.
 PROBE = """
 import json, sys
-from diffjax.xla_cpu import use_cpu_fusions
+from diffjax.runtime.xla_cpu import use_cpu_fusions
 use_cpu_fusions(sys.argv[1])
 import jax, jax.numpy as jnp
 from jax import lax

@@ -9,7 +9,7 @@ import sys
 import jax
 import numpy as np
 
-from diffjax.experiments import load_experiment  # noqa: F401  (re-exported for the tests)
+from diffjax.run.experiments import load_experiment  # noqa: F401  (re-exported for the tests)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,3 +1,4 @@
-"""Evaluation: the NLL bound over a split, sampling over devices, Fréchet distances, the
-digits feature net, toy-sample metrics and pictures. ``diffjax.train.evaluate`` runs them on
-a checkpoint."""
+"""Metrics only: the NLL bound over a split (``nll``), FID and Inception Score with the FID
+Inception-v3 (``fid``, ``inception``), Fréchet distances (``frechet``), the digits feature
+net (``digits_features``) and 2-D toy metrics (``toy_metrics``). ``diffjax.run.evaluate``
+runs them on a checkpoint."""

@@ -29,9 +29,9 @@ import numpy as np
 import optax
 from flax import serialization
 
+from diffjax.data.pictures import to_uint8
 from diffjax.evaluation.cache import default_cache_dir
 from diffjax.evaluation.frechet import FeatureStats, feature_stats, frechet_distance
-from diffjax.evaluation.pictures import to_uint8
 
 __all__ = [
     "ClassifierSettings",

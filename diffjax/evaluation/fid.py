@@ -29,11 +29,11 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from diffjax.data.pictures import to_uint8
 from diffjax.evaluation.cache import default_cache_dir
 from diffjax.evaluation.frechet import FeatureStats, feature_stats, frechet_distance, load_stats, save_stats
 from diffjax.evaluation.inception import FID_IMAGE_SIZE, FIDInceptionV3, load_fid_inception, weights_digest
-from diffjax.evaluation.pictures import to_uint8
-from diffjax.parallel import data_sharding, make_mesh, replicated_sharding
+from diffjax.runtime.mesh import data_sharding, make_mesh, replicated_sharding
 
 __all__ = [
     "FidScorer",

@@ -1,7 +1,7 @@
 """Negative log-likelihood in bits/dim over a data split: the full variational bound.
 
 Every term of the bound (the prior L_T, the T - 1 KL terms and the decoder term) is
-evaluated by ``diffjax.likelihood.bpd`` for each example, with DDPM's protocol: EMA
+evaluated by ``diffjax.diffusion.likelihood.bpd`` for each example, with DDPM's protocol: EMA
 params, one fresh x_t per t, x_0-hat clipped to [-1, 1] (reference.md §1.4). One jitted
 program per (recipe, mesh, chain) returns the masked sums of a global batch; the host
 adds them up in float64.
@@ -29,10 +29,10 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from diffjax.likelihood import bpd
+from diffjax.diffusion.likelihood import bpd
+from diffjax.diffusion.schedules import Schedule, respace
 from diffjax.models.denoiser import make_denoise_fn
-from diffjax.parallel import global_batch, make_mesh, replicated_sharding
-from diffjax.schedules import Schedule, respace
+from diffjax.runtime.mesh import global_batch, make_mesh, replicated_sharding
 
 __all__ = [
     "BoundEvaluator",

@@ -12,15 +12,14 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
-from diffjax.checkpoint import Checkpointer, PreemptionFlag
-from diffjax.config import ConfigError, validate
-from diffjax.errors import UserError
-from diffjax.evaluation.sampling import make_sampler
+from diffjax.errors import ConfigError, UserError
 from diffjax.models.denoiser import init_params
-from diffjax.parallel import global_batch, make_mesh, replicated_sharding
+from diffjax.runtime.checkpoint import Checkpointer, PreemptionFlag
+from diffjax.runtime.mesh import global_batch, make_mesh, replicated_sharding
+from diffjax.runtime.recipe import Recipe
+from diffjax.runtime.sampling import make_sampler
 from diffjax.train.metrics import MetricsWriter
 from diffjax.train.optim import make_optimizer
-from diffjax.train.recipe import Recipe
 from diffjax.train.state import TrainState, init_train_state
 from diffjax.train.step import make_train_step
 
@@ -90,7 +89,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, recipe: 
     Returns:
       The final state.
     """
-    validate(config)
     train = config.train
     is_main = jax.process_index() == 0
     mesh = make_mesh()

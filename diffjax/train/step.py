@@ -9,12 +9,12 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from diffjax.gaussian import q_sample
-from diffjax.losses import training_losses
+from diffjax.diffusion.gaussian import q_sample
+from diffjax.diffusion.losses import training_losses
 from diffjax.models.denoiser import make_denoise_fn
-from diffjax.parallel import data_sharding, replicated_sharding
+from diffjax.runtime.mesh import data_sharding, replicated_sharding
+from diffjax.runtime.recipe import Recipe
 from diffjax.train.optim import ema_update
-from diffjax.train.recipe import Recipe
 from diffjax.train.state import TrainState
 
 __all__ = ["make_train_step", "train_step"]

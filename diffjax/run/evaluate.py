@@ -42,15 +42,13 @@ import jax
 import ml_collections
 from absl import logging
 
-from diffjax.checkpoint import Checkpointer
-from diffjax.config import validate
+from diffjax.diffusion.schedules import respace
 from diffjax.evaluation.nll import nll_of_state, write_nll_json
-from diffjax.evaluation.sampling import make_sampler
-from diffjax.parallel import make_mesh
-from diffjax.schedules import respace
-from diffjax.train.loop import abstract_train_state
+from diffjax.run.restore import chosen_params, restore_train_state
+from diffjax.runtime.mesh import make_mesh
+from diffjax.runtime.sampling import make_sampler
 
-__all__ = ["evaluate", "generate", "restore_train_state", "sample_quality_kind", "sampling_step_list"]
+__all__ = ["evaluate", "sample_quality_kind", "sampling_step_list"]
 
 DEFAULT_NUM_SAMPLES = 1000
 # Samples in the picture written next to the json, per step count.
@@ -187,42 +185,6 @@ def _in_domain_scorer(kind: str, config: ml_collections.ConfigDict, num_samples:
     return ToySampleScorer(reference), "mmd", info
 
 
-def restore_train_state(config: ml_collections.ConfigDict, workdir: str, recipe, mesh, step: int | None = None):
-    """The ``TrainState`` of ``workdir``'s checkpoint ``step`` (default: the latest), replicated.
-
-    Raises:
-      NoCheckpointError: the workdir has no checkpoint (nothing is created in it).
-      CheckpointDamagedError: no checkpoint of the workdir can be read.
-      CheckpointMismatchError: the checkpoint does not fit the config.
-    """
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-    try:
-        return checkpointer.restore(abstract_train_state(recipe, config, mesh), step)
-    finally:
-        checkpointer.close()
-
-
-def _chosen_params(state, use_ema: bool) -> tuple[Any, str]:
-    """The EMA or the raw params of ``state``, and their name in the output files."""
-    return (state.ema_params, "ema") if use_ema else (state.params, "raw")
-
-
-def generate(config: ml_collections.ConfigDict, workdir: str, recipe, *, step: int | None = None,
-             use_ema: bool = True, mesh=None) -> dict[str, Any]:
-    """``launch.py --mode=sample``: ``config.sample.num`` samples of a checkpoint into
-    ``workdir/samples/`` (see ``diffjax.evaluation.generate``)."""
-    from diffjax.evaluation.generate import generate_samples
-
-    validate(config)
-    mesh = mesh or make_mesh()
-    state = restore_train_state(config, workdir, recipe, mesh, step)
-    params, params_name = _chosen_params(state, use_ema)
-    return generate_samples(
-        recipe, params, config.sample, mesh, os.path.join(workdir, "samples"),
-        checkpoint_step=int(state.step), params_name=params_name,
-    )
-
-
 def evaluate(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -270,7 +232,6 @@ def evaluate(
       CheckpointMismatchError: the checkpoint does not fit the config.
     """
 
-    validate(config)
     mesh = mesh or make_mesh()
     is_main = jax.process_index() == 0
     kind = sample_quality_kind(config) if compute_samples else None
@@ -285,7 +246,7 @@ def evaluate(
     eval_dir = os.path.join(workdir, "eval")
     state = restore_train_state(config, workdir, recipe, mesh, step)
     checkpoint_step = int(state.step)
-    params, params_name = _chosen_params(state, use_ema)
+    params, params_name = chosen_params(state, use_ema)
     result: dict[str, Any] = {"checkpoint_step": checkpoint_step, "nll": None, "sample_quality": None}
 
     if compute_nll and recipe.eval_batches is not None:

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.schedules import Schedule
+from diffjax.diffusion.schedules import Schedule
 
 __all__ = ["gaussian_mixture_denoiser"]
 

@@ -8,7 +8,7 @@ from types import ModuleType
 
 __all__ = ["load_experiment"]
 
-EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
+EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "experiments")
 
 
 def load_experiment(path_or_name: str) -> ModuleType:

@@ -1,32 +1,17 @@
-"""What an experiment hands the trainer: the model, the diffusion, the data and the plots."""
+"""Recipes from a config: what an experiment hands the trainer (``diffjax.runtime.recipe``)."""
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Iterator
-from typing import Any
-
 import flax.linen as nn
 import ml_collections
-import numpy as np
 
-from diffjax.gaussian import DiffusionSpec
-from diffjax.losses import Objective
-from diffjax.schedules import Schedule, named_schedule
-from diffjax.timesteps import TimestepSampler, make_timestep_sampler
+from diffjax.diffusion.gaussian import DiffusionSpec
+from diffjax.diffusion.losses import Objective
+from diffjax.diffusion.schedules import named_schedule
+from diffjax.diffusion.timesteps import make_timestep_sampler
+from diffjax.runtime.recipe import Diffusion, Recipe
 
-__all__ = ["Diffusion", "Recipe", "diffusion_from_config", "image_recipe", "toy_recipe", "unet_from_config"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Diffusion:
-    """The diffusion side of a recipe: the chain, how outputs are read, the objective,
-    and how training steps are drawn."""
-
-    schedule: Schedule
-    spec: DiffusionSpec
-    objective: Objective
-    timestep_sampler: TimestepSampler
+__all__ = ["diffusion_from_config", "image_recipe", "toy_recipe", "unet_from_config"]
 
 
 def diffusion_from_config(diffusion_config: ml_collections.ConfigDict) -> Diffusion:
@@ -41,42 +26,13 @@ def diffusion_from_config(diffusion_config: ml_collections.ConfigDict) -> Diffus
     )
 
 
-@dataclasses.dataclass(frozen=True)
-class Recipe:
-    """Everything ``train_and_evaluate`` needs besides the config.
-
-    Attributes:
-      model: the Flax denoiser network (``model.apply({"params": p}, x, t, labels, train=)``).
-      input_shape: one example's shape, (H, W, C) or (D,).
-      diffusion: schedule, spec, objective, timestep sampler.
-      rescale_timesteps: feed the network t * 1000 / T (improved DDPM).
-      num_classes: > 0 for a class-conditional model (label num_classes = null class).
-      class_dropout: probability of replacing a label by the null class in training.
-      train_batches: ``train_batches(start_step)`` -> iterator of this host's numpy batches
-        ``{"image": float32 [b, *input_shape], "label": int32 [b]}`` for steps start_step, ...
-      save_samples: ``save_samples(samples, path)`` writes a picture of float samples
-        [N, *input_shape] to ``path`` (a PNG grid for images, a scatter plot for 2-D data).
-      eval_batches: optional ``eval_batches()`` -> iterable over the evaluation split.
-    """
-
-    model: nn.Module
-    input_shape: tuple[int, ...]
-    diffusion: Diffusion
-    rescale_timesteps: bool
-    train_batches: Callable[[int], Iterator[dict[str, np.ndarray]]]
-    save_samples: Callable[[np.ndarray, str], None]
-    num_classes: int = 0
-    class_dropout: float = 0.0
-    eval_batches: Callable[[], Any] | None = None
-
-
 def image_recipe(config: ml_collections.ConfigDict, model: nn.Module) -> Recipe:
     """The recipe of an image experiment: tfds data by ``config.data.name``, PNG grids.
 
     Building it reads no data (``--dry_run`` needs none); ``train_batches`` opens the
     data set and fails at once, with what to do, when it is not prepared.
     """
-    from diffjax.evaluation.pictures import save_image_grid
+    from diffjax.data.pictures import save_image_grid
 
     data = config.data
 
@@ -119,7 +75,7 @@ def toy_recipe(config: ml_collections.ConfigDict, model: nn.Module) -> Recipe:
     plots of samples over data."""
     from diffjax.data import make_toy_iterator
     from diffjax.data import sample as sample_toy
-    from diffjax.evaluation.pictures import save_scatter
+    from diffjax.data.pictures import save_scatter
 
     name = config.data.name
     reference = sample_toy(name, 2000, seed=config.train.seed + 1)  # unknown names fail here

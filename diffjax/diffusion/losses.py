@@ -29,8 +29,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from diffjax.gaussian import DiffusionSpec, p_mean_variance, predict_v, q_posterior_mean_variance
-from diffjax.schedules import Schedule
+from diffjax.diffusion.gaussian import DiffusionSpec, p_mean_variance, predict_v, q_posterior_mean_variance
+from diffjax.diffusion.schedules import Schedule
 
 __all__ = [
     "BIN_PROBABILITY_FLOOR",

@@ -16,7 +16,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from diffjax.schedules import Schedule
+from diffjax.diffusion.schedules import Schedule
 
 __all__ = [
     "MEAN_TYPES",

@@ -26,8 +26,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from diffjax.gaussian import DiffusionSpec, at, p_mean_variance
-from diffjax.schedules import Schedule
+from diffjax.diffusion.gaussian import DiffusionSpec, at, p_mean_variance
+from diffjax.diffusion.schedules import Schedule
 
 __all__ = [
     "Denoiser",

@@ -1,9 +1,9 @@
 """Compare runs: a markdown table and plots from their workdirs (no JAX computation).
 
-    python -m diffjax.compare runs/a runs/b runs/c [--out report.md]
+    python -m diffjax.run.compare runs/a runs/b runs/c [--out report.md]
 
 Reads each run's ``config.json``, ``metrics.jsonl`` and ``eval/*.json`` (what
-``train_and_evaluate`` and ``diffjax.train.evaluate`` write), prints a table
+``train_and_evaluate`` and ``diffjax.run.evaluate`` write), prints a table
 (experiment, schedule, objective, variance, steps trained, NLL in bits/dim, the sample
 metric at each evaluated number of sampling steps, training steps/s; the checkpoint the
 eval files come from) and writes it to
@@ -216,7 +216,7 @@ def _pyplot():
 def plot_schedules(runs: Sequence[RunRecord], path: str) -> bool:
     """alpha_bar and log-SNR = log(alpha_bar / (1 - alpha_bar)) against t/T, one line per
     distinct (schedule, T) of the runs. Returns whether anything was plotted."""
-    from diffjax.schedules import named_schedule
+    from diffjax.diffusion.schedules import named_schedule
 
     found = {(r.setting("diffusion", "schedule"), r.setting("diffusion", "timesteps")) for r in runs}
     pairs = sorted((name, int(t)) for name, t in found if name and t)
@@ -387,7 +387,7 @@ def _notes(runs: Sequence[RunRecord]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m diffjax.compare", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m diffjax.run.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="run directories (workdirs)")
     parser.add_argument("--out", default="report.md", help="markdown report; plots are written next to it")
     args = parser.parse_args(argv)

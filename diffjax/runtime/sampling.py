@@ -11,10 +11,10 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from diffjax.diffusion.samplers import classifier_free_guidance, sample
+from diffjax.diffusion.schedules import respace
 from diffjax.models.denoiser import make_denoise_fn
-from diffjax.parallel import data_sharding, replicated_sharding
-from diffjax.samplers import classifier_free_guidance, sample
-from diffjax.schedules import respace
+from diffjax.runtime.mesh import data_sharding, replicated_sharding
 
 __all__ = ["make_sampler"]
 

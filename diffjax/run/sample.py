@@ -26,13 +26,14 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from diffjax.config import ConfigError
-from diffjax.errors import UserError
-from diffjax.evaluation.pictures import to_uint8
-from diffjax.evaluation.sampling import make_sampler
-from diffjax.schedules import respace
+from diffjax.data.pictures import to_uint8
+from diffjax.diffusion.schedules import respace
+from diffjax.errors import ConfigError, UserError
+from diffjax.run.restore import chosen_params, restore_train_state
+from diffjax.runtime.mesh import make_mesh
+from diffjax.runtime.sampling import make_sampler
 
-__all__ = ["GRID_SIZE", "OutputNotWritableError", "ensure_writable", "generate_samples", "sample_tag"]
+__all__ = ["GRID_SIZE", "OutputNotWritableError", "ensure_writable", "generate", "generate_samples", "sample_tag"]
 
 GRID_SIZE = 256
 MAX_GRIDS = 16
@@ -148,3 +149,16 @@ def generate_samples(
             json.dump(metadata, f, indent=2)
     return metadata
 
+
+def generate(config: ml_collections.ConfigDict, workdir: str, recipe, *, step: int | None = None,
+             use_ema: bool = True, mesh=None) -> dict[str, Any]:
+    """``launch.py --mode=sample``: ``config.sample.num`` samples of a checkpoint into
+    ``workdir/samples/``; the checkpoint is restored before the output folder is checked,
+    and both before anything is sampled."""
+    mesh = mesh or make_mesh()
+    state = restore_train_state(config, workdir, recipe, mesh, step)
+    params, params_name = chosen_params(state, use_ema)
+    return generate_samples(
+        recipe, params, config.sample, mesh, os.path.join(workdir, "samples"),
+        checkpoint_step=int(state.step), params_name=params_name,
+    )

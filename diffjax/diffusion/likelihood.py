@@ -16,10 +16,10 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from diffjax.gaussian import DiffusionSpec, q_sample
-from diffjax.losses import mean_flat, prior_bpd, vb_terms_bpd
-from diffjax.samplers import Denoiser
-from diffjax.schedules import Schedule
+from diffjax.diffusion.gaussian import DiffusionSpec, q_sample
+from diffjax.diffusion.losses import mean_flat, prior_bpd, vb_terms_bpd
+from diffjax.diffusion.samplers import Denoiser
+from diffjax.diffusion.schedules import Schedule
 
 __all__ = ["bpd"]
 

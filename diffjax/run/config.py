@@ -12,17 +12,13 @@ from __future__ import annotations
 
 import ml_collections
 
-from diffjax.errors import UserError
-from diffjax.gaussian import MEAN_TYPES, VAR_TYPES
-from diffjax.losses import OBJECTIVES, WEIGHTINGS
-from diffjax.schedules import BETA_SCHEDULES, space_timesteps
-from diffjax.timesteps import TIMESTEP_SAMPLERS
+from diffjax.diffusion.gaussian import MEAN_TYPES, VAR_TYPES
+from diffjax.diffusion.losses import OBJECTIVES, WEIGHTINGS
+from diffjax.diffusion.schedules import BETA_SCHEDULES, space_timesteps
+from diffjax.diffusion.timesteps import TIMESTEP_SAMPLERS
+from diffjax.errors import ConfigError
 
 __all__ = ["ConfigError", "base_config", "validate"]
-
-
-class ConfigError(UserError, ValueError):
-    """A config value that cannot work, named with its full key."""
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -31,7 +27,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.experiment = ""  # set by each experiment file
 
     config.runtime = ml_collections.ConfigDict()
-    # XLA:CPU's YNNPACK library fusions (diffjax/xla_cpu.py): a comma list of dot,
+    # XLA:CPU's YNNPACK library fusions (diffjax/runtime/xla_cpu.py): a comma list of dot,
     # individual_dot, individual_convolution, reduce, eltwise; "" for none; "xla_default" for
     # XLA's own choice. Only the CPU backend reads it; docs/performance.md has the measurements.
     config.runtime.xla_cpu_ynn_fusions = "dot,reduce"
@@ -135,7 +131,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _one_of(config, "diffusion.timestep_sampler", TIMESTEP_SAMPLERS)
     _one_of(config, "sample.method", ("ddpm", "ddim"))
     _one_of(config, "model.dtype", ("float32", "bfloat16"))
-    from diffjax.xla_cpu import check_fusions
+    from diffjax.runtime.xla_cpu import check_fusions
 
     try:
         check_fusions(config.runtime.xla_cpu_ynn_fusions)

@@ -1,0 +1,35 @@
+"""A run's training state, restored from its workdir for evaluating or sampling."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ml_collections
+
+from diffjax.runtime.checkpoint import Checkpointer
+from diffjax.runtime.recipe import Recipe
+from diffjax.train.loop import abstract_train_state
+
+__all__ = ["chosen_params", "restore_train_state"]
+
+
+def restore_train_state(config: ml_collections.ConfigDict, workdir: str, recipe: Recipe, mesh,
+                        step: int | None = None):
+    """The ``TrainState`` of ``workdir``'s checkpoint ``step`` (default: the latest), replicated.
+
+    Raises:
+      NoCheckpointError: the workdir has no checkpoint (nothing is created in it).
+      CheckpointDamagedError: no checkpoint of the workdir can be read.
+      CheckpointMismatchError: the checkpoint does not fit the config.
+    """
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+    try:
+        return checkpointer.restore(abstract_train_state(recipe, config, mesh), step)
+    finally:
+        checkpointer.close()
+
+
+def chosen_params(state, use_ema: bool) -> tuple[Any, str]:
+    """The EMA or the raw params of ``state``, and their name in the output files."""
+    return (state.ema_params, "ema") if use_ema else (state.params, "raw")
