@@ -211,7 +211,9 @@ def test_evaluate_restores_and_writes_eval_files_that_compare_reads(toy_setup, t
         f.write(config.to_json_best_effort())
     recipe = dataclasses.replace(recipe, eval_batches=lambda: batches_of(data, 4))
 
-    result = evaluate(config, workdir, recipe, sample_steps="ddim2 ddim5", num_samples=64)
+    config = config.copy_and_resolve_references()
+    config.eval.update(sample_steps="ddim2 ddim5", num_samples=64)
+    result = evaluate(config, workdir, recipe)
 
     nll = read_json(os.path.join(workdir, "eval", "nll.json"))
     assert nll == result["nll"] and nll["bound"] == "T-step" and nll["num_examples"] == 10
@@ -262,12 +264,13 @@ def test_sampling_step_list():
 
 
 def test_digits_scorer_of_evaluate(digits_net):
-    from diffjax.run.evaluate import _reference_scorer
+    from diffjax.run.scorers import sample_scorer
     from tests.train_utils import load_experiment
 
     config = load_experiment("digits_ddpm").get_config()
-    score, headline, info = _reference_scorer("digits", config, 297, os.path.dirname(digits_net.path))
-    metrics = score(df.digits_arrays("test")[0])
-    assert headline == "fd_digits_train" and info["classifier"]["test_accuracy"] > 0.95
-    np.testing.assert_allclose(metrics["fd_digits_train"], info["fd_digits_test_split_vs_train"], rtol=1e-6)
+    scorer = sample_scorer(config, 297, os.path.dirname(digits_net.path))
+    metrics = scorer.score(df.digits_arrays("test")[0])
+    assert scorer.kind == "digits" and scorer.headline == "fd_digits_train"
+    assert scorer.info["classifier"]["test_accuracy"] > 0.95
+    np.testing.assert_allclose(metrics["fd_digits_train"], scorer.info["fd_digits_test_split_vs_train"], rtol=1e-6)
     assert abs(metrics["fd_digits_test"]) < 1e-6

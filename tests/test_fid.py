@@ -285,7 +285,8 @@ def test_reference_stats_are_cached_and_scorer_runs(tmp_path, expected_shapes):
 
 
 def test_evaluate_scores_fid_with_given_weights_and_fails_fast_without(tmp_path, expected_shapes):
-    from diffjax.run.evaluate import _reference_scorer, evaluate, sample_quality_kind
+    from diffjax.run.evaluate import evaluate
+    from diffjax.run.scorers import sample_quality_kind, sample_scorer
     from tests.train_utils import load_experiment
 
     experiment = load_experiment("ddpm_cifar10")
@@ -301,10 +302,11 @@ def test_evaluate_scores_fid_with_given_weights_and_fails_fast_without(tmp_path,
         config.eval.fid_reference = str(tmp_path / "ref.npz")
         config.eval.fid_image_size = 75
     assert sample_quality_kind(config) == "fid"
-    score, headline, info = _reference_scorer("fid", config, 12, str(tmp_path / "cache"))
-    assert headline == "fid" and info["fid_reference"] == config.eval.fid_reference
+    scorer = sample_scorer(config, 12, str(tmp_path / "cache"))
+    info = scorer.info
+    assert scorer.headline == "fid" and info["fid_reference"] == config.eval.fid_reference
     assert info["fid_weights_sha256"] == inc.weights_digest(weights) and info["fid_reference_count"] == 0
-    scores = score(rng.uniform(-1, 1, (12, 32, 32, 3)))
+    scores = scorer.score(rng.uniform(-1, 1, (12, 32, 32, 3)))
     assert np.isfinite(scores["fid"]) and scores["inception_score"] >= 1.0
 
     # A missing weights file fails before the checkpoint is even looked for.
