@@ -8,6 +8,7 @@ global state.
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 # Distinct first entries of the seed lists, so that the streams for different
@@ -33,8 +34,6 @@ def resolve_hosts(process_index: int | None, process_count: int | None) -> tuple
       ValueError: the pair is inconsistent.
     """
     if process_index is None or process_count is None:
-        import jax  # pylint: disable=g-import-not-at-top
-
         if process_index is None:
             process_index = jax.process_index()
         if process_count is None:

@@ -54,7 +54,7 @@ def save_image_grid(samples: np.ndarray, path: str, scale: int | None = None) ->
 
 def save_scatter(samples: np.ndarray, path: str, reference: np.ndarray | None = None) -> None:
     """Scatter plot of 2-D samples [N, 2], over reference data [M, 2] if given."""
-    import matplotlib
+    import matplotlib  # 0.5 s to import: only for the scatter plots of 2-D runs
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

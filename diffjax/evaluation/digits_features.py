@@ -104,7 +104,7 @@ def digits_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
       images: float32 [N, 8, 8, 1] in [-1, 1] (``x / 127.5 - 1`` of the uint8 images).
       labels: int32 [N].
     """
-    from diffjax.data.digits import sklearn_digits_uint8, split_indices
+    from diffjax.data.digits import sklearn_digits_uint8, split_indices  # imports TensorFlow (3-6 s)
 
     indices = split_indices()
     if split not in indices:

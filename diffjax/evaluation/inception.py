@@ -384,7 +384,7 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
         with np.load(path) as data:
             return {name: data[name] for name in data.files}
     try:
-        import torch
+        import torch  # optional: only to read a .pth weights file
     except ImportError as error:
         raise FidWeightsError(
             f"reading {path} (a PyTorch file) needs torch, which is not installed: `pip install torch`, "

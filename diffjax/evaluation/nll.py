@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
+from tqdm import tqdm
 
 from diffjax.diffusion.likelihood import bpd
 from diffjax.diffusion.schedules import Schedule, respace
@@ -227,8 +228,6 @@ class BoundEvaluator:
         totals: dict[str, np.ndarray] | None = None
         iterator = batches
         if progress:
-            from tqdm import tqdm
-
             total = len(batches) if hasattr(batches, "__len__") else None
             iterator = tqdm(batches, total=total, unit="batch", desc="nll")
         for batch in iterator:

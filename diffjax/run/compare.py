@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from diffjax.diffusion.schedules import named_schedule
+
 __all__ = ["RunRecord", "load_run", "main", "markdown_table", "summary_table", "write_report"]
 
 # Column titles of the sample metrics written by diffjax.train.evaluate.
@@ -205,7 +207,7 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str
 
 
 def _pyplot():
-    import matplotlib
+    import matplotlib  # 0.5 s to import: only when plotting
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -216,8 +218,6 @@ def _pyplot():
 def plot_schedules(runs: Sequence[RunRecord], path: str) -> bool:
     """alpha_bar and log-SNR = log(alpha_bar / (1 - alpha_bar)) against t/T, one line per
     distinct (schedule, T) of the runs. Returns whether anything was plotted."""
-    from diffjax.diffusion.schedules import named_schedule
-
     found = {(r.setting("diffusion", "schedule"), r.setting("diffusion", "timesteps")) for r in runs}
     pairs = sorted((name, int(t)) for name, t in found if name and t)
     if not pairs:

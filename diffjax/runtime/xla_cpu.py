@@ -22,6 +22,7 @@ default to float32 rounding.
 from __future__ import annotations
 
 import os
+from importlib.metadata import version
 
 __all__ = ["FUSION_TYPES", "XLA_DEFAULT", "YNN_FUSION_OPTION", "check_fusions", "cpu_xla_flags", "use_cpu_fusions"]
 
@@ -42,8 +43,6 @@ def check_fusions(fusions: str) -> None:
 
 
 def _jaxlib_version() -> tuple[int, ...]:
-    from importlib.metadata import version
-
     parts = []
     for piece in version("jaxlib").split(".")[:2]:
         digits = "".join(c for c in piece if c.isdigit())
@@ -78,7 +77,7 @@ def use_cpu_fusions(fusions: str) -> None:
     if flags == current:
         return
     try:
-        from jax._src import xla_bridge
+        from jax._src import xla_bridge  # private: guarded, a future jax may move it
 
         started = xla_bridge.backends_are_initialized()
     except (ImportError, AttributeError):  # a jax without the helper: cannot tell, go ahead
