@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
+from tqdm import tqdm
 
 from diffjax.errors import ConfigError, UserError
 from diffjax.models.denoiser import init_params
@@ -125,7 +126,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, recipe: 
     )
     outputs = _RunOutputs(workdir, config, start_step, is_main, checkpointer)
     preemption = PreemptionFlag()
-    progress = _progress_bar(is_main, start_step, train.num_steps)
+    progress = tqdm(total=train.num_steps, initial=start_step, unit="step", dynamic_ncols=True, mininterval=1.0,
+                    disable=not is_main)
     pending: list[dict[str, Any]] = []
     last_log_time, last_log_step = time.perf_counter(), start_step
 
@@ -154,8 +156,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, recipe: 
                 means = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0] if k != "finite"}
                 means["steps_per_sec"] = (done - last_log_step) / (now - last_log_time)
                 last_log_time, last_log_step = now, done
-                outputs.writer.write(done, means)
-                progress.update(done, means)
+                if is_main:
+                    outputs.writer.write_scalars(done, means)
+                progress.update(done - progress.n)
+                progress.set_postfix(loss=f"{means['loss']:.4f}", steps_per_sec=f"{means['steps_per_sec']:.2f}")
                 pending.clear()
             saved = done % train.checkpoint_every == 0 or done == train.num_steps
             if saved:
@@ -165,7 +169,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, recipe: 
                 check_finite_and_open(done)
                 samples = draw(state.ema_params, jax.random.fold_in(jax.random.PRNGKey(train.seed + 1), done))
                 if is_main:
-                    recipe.save_samples(samples, os.path.join(workdir, "samples", f"step_{done}.png"))
+                    picture = os.path.join(workdir, "samples", f"step_{done}.png")
+                    recipe.save_samples(samples, picture)
+                    outputs.writer.write_picture(done, "samples", picture)
             if done % train.log_every == 0 and _any_process(preemption.is_set()):
                 check_finite_and_open(done)
                 if not saved:
@@ -180,45 +186,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, recipe: 
 
 class _RunOutputs:
     """What a training run writes besides checkpoints: ``config.json`` and its history,
-    and the metrics. Opened only once the run has started, so that a launch that fails
-    before leaves the workdir as it was; closing it closes the checkpointer too."""
+    and the metrics (``writer``, on the main process only; None elsewhere). Opened only
+    once the run has started, so that a launch that fails before leaves the workdir as it
+    was; closing it closes the checkpointer too."""
 
     def __init__(self, workdir: str, config: ml_collections.ConfigDict, start_step: int, is_main: bool,
                  checkpointer: Checkpointer):
         self._workdir, self._config, self._start_step, self._is_main = workdir, config, start_step, is_main
         self._checkpointer = checkpointer
+        self._opened = False
         self.writer: MetricsWriter | None = None
 
     def open(self) -> None:
-        if self.writer is not None:
+        if self._opened:
             return
         if self._is_main:
             _record_config(self._config, self._workdir, self._start_step)
-        self.writer = MetricsWriter(self._workdir, enabled=self._is_main)
+            self.writer = MetricsWriter(self._workdir, resumed_from=self._start_step)
+        self._opened = True
 
     def close(self) -> None:
         self._checkpointer.close()
         if self.writer is not None:
             self.writer.close()
-
-
-class _progress_bar:
-    """tqdm on the main process (step, loss, steps/s), silent elsewhere."""
-
-    def __init__(self, enabled: bool, start: int, total: int):
-        self._bar = None
-        if enabled:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, mininterval=1.0)
-        self._position = start
-
-    def update(self, step: int, metrics: dict[str, float]) -> None:
-        if self._bar is not None:
-            self._bar.update(step - self._position)
-            self._bar.set_postfix(loss=f"{metrics['loss']:.4f}", steps_per_sec=f"{metrics['steps_per_sec']:.2f}")
-        self._position = step
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import struct
 
@@ -34,8 +35,6 @@ class TrainState:
 
 def init_train_state(params: Any, optimizer: optax.GradientTransformation, sampler_state: Any, rng: jax.Array) -> TrainState:
     """A fresh state at step 0 with EMA params equal to the initial params."""
-    import jax.numpy as jnp
-
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
