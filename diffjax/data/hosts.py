@@ -8,6 +8,8 @@ global state.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import numpy as np
 
@@ -57,6 +59,45 @@ def per_host_batch_size(global_batch_size: int, process_count: int) -> int:
             f"global_batch_size={global_batch_size} must be a positive multiple of process_count={process_count}."
         )
     return global_batch_size // process_count
+
+
+@dataclasses.dataclass(frozen=True)
+class HostShare:
+    """One host's rows of a global batch: ``[i*b, (i+1)*b)`` of B, b = B / process_count.
+
+    Every data source of diffjax splits its global batches this way, so the
+    global batch of a step does not depend on the number of hosts.
+
+    Attributes:
+      global_batch_size: B, a positive multiple of process_count.
+      process_index: i, this host.
+      process_count: number of hosts.
+
+    Raises:
+      ValueError: (on construction) B is not a positive multiple of process_count.
+    """
+
+    global_batch_size: int
+    process_index: int
+    process_count: int
+
+    def __post_init__(self):
+        per_host_batch_size(self.global_batch_size, self.process_count)
+
+    @classmethod
+    def resolve(cls, global_batch_size: int, process_index: int | None, process_count: int | None) -> "HostShare":
+        """The share of this host, with jax's process index and count where not given."""
+        return cls(global_batch_size, *resolve_hosts(process_index, process_count))
+
+    @property
+    def size(self) -> int:
+        """b, the rows this host takes."""
+        return self.global_batch_size // self.process_count
+
+    @property
+    def rows(self) -> slice:
+        """This host's rows of a global batch."""
+        return slice(self.process_index * self.size, (self.process_index + 1) * self.size)
 
 
 def check_seed(seed: int) -> int:

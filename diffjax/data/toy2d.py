@@ -22,6 +22,7 @@ Samples are float32 [n, 2]; every sample is a pure function of its seed.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Callable, Iterator, Protocol
 
 import numpy as np
@@ -223,12 +224,15 @@ def toy_batch(
       component for a GaussianMixture and 0 otherwise.
     """
     seed, step = hosts.check_seed(seed), hosts.check_step(step, "step")
-    per_host = hosts.per_host_batch_size(global_batch_size, process_count)
-    points, labels = _resolve(distribution).sample_with_labels(
-        global_batch_size, hosts.rng(hosts.TOY_BATCH_STREAM, seed, step)
-    )
-    rows = slice(process_index * per_host, (process_index + 1) * per_host)
-    return {"x": points[rows], "label": labels[rows]}
+    share = hosts.HostShare(global_batch_size, process_index, process_count)
+    return _toy_batch(_resolve(distribution), seed, step, share)
+
+
+def _toy_batch(distribution: ToyDistribution, seed: int, step: int, share: hosts.HostShare) -> dict[str, np.ndarray]:
+    """:func:`toy_batch` of checked arguments."""
+    rng = hosts.rng(hosts.TOY_BATCH_STREAM, seed, step)
+    points, labels = distribution.sample_with_labels(share.global_batch_size, rng)
+    return {"x": points[share.rows], "label": labels[share.rows]}
 
 
 def make_toy_iterator(
@@ -254,17 +258,8 @@ def make_toy_iterator(
       ``{"x": float32 [b, D], "label": int32 [b]}``.
     """
     seed = hosts.check_seed(seed)
-    step = hosts.check_step(start_step)
-    process_index, process_count = hosts.resolve_hosts(process_index, process_count)
-    hosts.per_host_batch_size(global_batch_size, process_count)
+    start_step = hosts.check_step(start_step)
+    share = hosts.HostShare.resolve(global_batch_size, process_index, process_count)
     distribution = _resolve(distribution)
-    while True:
-        yield toy_batch(
-            distribution,
-            seed=seed,
-            step=step,
-            global_batch_size=global_batch_size,
-            process_index=process_index,
-            process_count=process_count,
-        )
-        step += 1
+    for step in itertools.count(start_step):
+        yield _toy_batch(distribution, seed, step, share)
