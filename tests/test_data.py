@@ -8,7 +8,7 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from diffjax.data import toy2d
+from diffjax.data import hosts, toy2d
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
@@ -314,6 +314,22 @@ def test_eval_num_examples_takes_a_prefix(data_dir):
     evaluation = images.make_eval_batches("digits", batch_size=16, num_examples=40, data_dir=data_dir, **HOSTS_1)
     assert evaluation.num_batches == 3 and evaluation.num_examples == 40
     assert sum(b["mask"].sum() for b in evaluation) == 40
+
+
+def test_train_and_eval_share_the_source_keywords(data_dir):
+    source = images.ImageSource("digits", image_size=16, data_dir=data_dir, process_index=1, process_count=2)
+    resolved = source.resolve(64)
+    assert resolved.image_shape == (16, 16, 1) and resolved.in_memory
+    assert resolved.share == hosts.HostShare(64, 1, 2) and resolved.share.size == 32
+    with pytest.raises(TypeError, match="in_memroy"):
+        images.make_eval_batches("digits", batch_size=64, data_dir=data_dir, in_memroy=False, **HOSTS_1)
+
+
+def test_host_shares_tile_the_global_batch():
+    shares = [hosts.HostShare(12, index, 3) for index in range(3)]
+    assert [share.rows for share in shares] == [slice(0, 4), slice(4, 8), slice(8, 12)]
+    with pytest.raises(ValueError, match="multiple of process_count"):
+        hosts.HostShare(10, 0, 3)
 
 
 # --- data sets that are not prepared --------------------------------------------

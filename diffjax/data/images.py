@@ -41,14 +41,20 @@ Evaluation: :func:`make_eval_batches` goes over a split exactly once, in file
 order, each host its contiguous shard (``tfds.even_splits``), padding the last
 batches with zero images (-1 after scaling) and ``mask == False`` so that all
 hosts yield the same number of batches.
+
+Both :func:`make_train_iterator` and :func:`make_eval_batches` take the
+keywords of :class:`ImageSource` (image_size, data_dir, process_index,
+process_count, in_memory), and both split every global batch between hosts
+by :class:`diffjax.data.hosts.HostShare`.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import itertools
 import math
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -137,19 +143,35 @@ def in_memory_train_batch(
       ``{"image": float32 [b, H, W, C], "label": int32 [b]}``, b = B / P.
     """
     seed, step = hosts.check_seed(seed), hosts.check_step(step, "step")
+    share = hosts.HostShare(global_batch_size, process_index, process_count)
+    return _in_memory_batch(images, labels, seed, step, share, random_flip, permutation)
+
+
+def _in_memory_batch(
+    images: np.ndarray,
+    labels: np.ndarray,
+    seed: int,
+    step: int,
+    share: hosts.HostShare,
+    random_flip: bool,
+    permutation: np.ndarray | None,
+) -> Batch:
+    """:func:`in_memory_train_batch` of checked arguments."""
     num_examples = images.shape[0]
-    per_host = hosts.per_host_batch_size(global_batch_size, process_count)
-    steps_per_epoch = _steps_per_epoch(num_examples, global_batch_size)
+    steps_per_epoch = _steps_per_epoch(num_examples, share.global_batch_size)
     epoch, batch_in_epoch = divmod(step, steps_per_epoch)
     if permutation is None:
         permutation = epoch_permutation(seed, epoch, num_examples)
-    start = batch_in_epoch * global_batch_size + process_index * per_host
-    rows = permutation[start : start + per_host]
-    flips = None
-    if random_flip:
-        flips = flip_mask(seed, step, global_batch_size)
-        flips = flips[process_index * per_host : (process_index + 1) * per_host]
-    return to_model_batch(images[rows], labels[rows], flips)
+    start = batch_in_epoch * share.global_batch_size
+    rows = permutation[start : start + share.global_batch_size][share.rows]
+    return to_model_batch(images[rows], labels[rows], _host_flips(seed, step, share, random_flip))
+
+
+def _host_flips(seed: int, step: int, share: hosts.HostShare, random_flip: bool) -> np.ndarray | None:
+    """This host's entries of :func:`flip_mask`, or None without random flips."""
+    if not random_flip:
+        return None
+    return flip_mask(seed, step, share.global_batch_size)[share.rows]
 
 
 def _steps_per_epoch(num_examples: int, batch_size: int) -> int:
@@ -316,6 +338,69 @@ def load_uint8_images(
 
 
 # ---------------------------------------------------------------------------
+# Where one host's images come from (shared by training and evaluation).
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSource:
+    """A data set and this host's part of it: the keywords that
+    :func:`make_train_iterator` and :func:`make_eval_batches` share.
+
+    Attributes:
+      name: catalogue name (``"digits"``, ``"cifar10"``, ``"lsun/bedroom"``...).
+      image_size: output side; None: the spec's default size. Centre crop +
+        resize where the spec says; resize whenever the stored size differs.
+      data_dir: tfds data directory (None: tfds' default).
+      process_index: this host (None: ``jax.process_index()``).
+      process_count: number of hosts (None: ``jax.process_count()``).
+      in_memory: decode the split (evaluation: this host's shard) into memory
+        once and keep it (None: the spec's default).
+    """
+
+    name: str
+    image_size: int | None = None
+    data_dir: str | None = None
+    process_index: int | None = None
+    process_count: int | None = None
+    in_memory: bool | None = None
+
+    def resolve(self, global_batch_size: int) -> _ResolvedSource:
+        """The spec, the defaults filled in and this host's share of the batches; reads no data.
+
+        Raises:
+          UnknownDatasetError: unknown name.
+          ValueError: bad host arguments or batch size.
+        """
+        spec = image_dataset_spec(self.name)
+        return _ResolvedSource(
+            spec=spec,
+            share=hosts.HostShare.resolve(global_batch_size, self.process_index, self.process_count),
+            image_size=self.image_size or spec.default_image_size,
+            in_memory=spec.in_memory if self.in_memory is None else bool(self.in_memory),
+            data_dir=self.data_dir,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class _ResolvedSource:
+    """An :class:`ImageSource` with its spec, its defaults filled in and this host's share."""
+
+    spec: ImageDatasetSpec
+    share: hosts.HostShare
+    image_size: int
+    in_memory: bool
+    data_dir: str | None
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.image_size, self.image_size, self.spec.channels)
+
+    def builder(self):
+        """The prepared tfds builder (raises DatasetNotPreparedError at once)."""
+        return prepared_builder(self.spec.name, self.data_dir)
+
+
+# ---------------------------------------------------------------------------
 # Training iterator.
 
 
@@ -370,15 +455,11 @@ def make_train_iterator(
     global_batch_size: int,
     seed: int,
     start_step: int = 0,
-    image_size: int | None = None,
     random_flip: bool | None = None,
     split: str | None = None,
-    data_dir: str | None = None,
-    process_index: int | None = None,
-    process_count: int | None = None,
-    in_memory: bool | None = None,
     shuffle_window: int = 10_000,
     read_chunks: int = 16,
+    **source: Any,
 ) -> TrainIterator:
     """Infinite, deterministic, resumable training batches of one host.
 
@@ -387,20 +468,16 @@ def make_train_iterator(
       global_batch_size: B over all hosts; each host yields B / process_count.
       seed: non-negative int; with the step it fixes every batch.
       start_step: the step of the first batch (to resume a run).
-      image_size: output side; default the spec's default size. Centre crop +
-        resize where the spec says; resize whenever the stored size differs.
       random_flip: random left-right flips; None takes the spec's default
         (True for cifar10, celeb_a, celeb_a_hq, lsun; False otherwise).
       split: tfds split expression; default the spec's train split.
-      data_dir: tfds data directory (None: tfds' default).
-      process_index: this host (None: ``jax.process_index()``).
-      process_count: number of hosts (None: ``jax.process_count()``).
-      in_memory: decode the split into memory once (None: the spec's default).
       shuffle_window: streaming path: records permuted together in a window;
         they are held encoded in memory (10k ImageNet-64 PNGs ~ 100 MB; lower
         it for LSUN at 256).
       read_chunks: streaming path: contiguous chunks of the host's shard read
         concurrently and merged in a random interleaving.
+      **source: ``image_size``, ``data_dir``, ``process_index``,
+        ``process_count``, ``in_memory``: see :class:`ImageSource`.
 
     Returns:
       A :class:`TrainIterator` of ``{"image": float32 [b, S, S, C] in [-1, 1],
@@ -410,85 +487,62 @@ def make_train_iterator(
       DatasetNotPreparedError: the data set is not in data_dir (immediately).
       ValueError: bad batch size, seed, step or host arguments.
     """
-    spec = image_dataset_spec(name)
+    resolved = ImageSource(name, **source).resolve(global_batch_size)
+    spec, share = resolved.spec, resolved.share
     seed = hosts.check_seed(seed)
     start_step = hosts.check_step(start_step)
-    process_index, process_count = hosts.resolve_hosts(process_index, process_count)
-    per_host = hosts.per_host_batch_size(global_batch_size, process_count)
-    image_size = image_size or spec.default_image_size
     random_flip = spec.random_flip if random_flip is None else bool(random_flip)
-    in_memory = spec.in_memory if in_memory is None else bool(in_memory)
     split = split or spec.train_split
-    builder = prepared_builder(name, data_dir)
-    common = dict(
-        seed=seed,
-        start_step=start_step,
-        global_batch_size=global_batch_size,
-        process_index=process_index,
-        process_count=process_count,
-        random_flip=random_flip,
-    )
-    if in_memory:
-        images, labels = _load_uint8(builder, spec, split, image_size)
+    builder = resolved.builder()
+    if resolved.in_memory:
+        images, labels = _load_uint8(builder, spec, split, resolved.image_size)
         steps_per_epoch = _steps_per_epoch(len(images), global_batch_size)
-        batches = _in_memory_batches(images, labels, **common)
+        batches = _in_memory_batches(images, labels, seed, start_step, share, random_flip)
     else:
-        shard = tfds.even_splits(split, process_count, drop_remainder=True)[process_index]
+        shard = tfds.even_splits(split, share.process_count, drop_remainder=True)[share.process_index]
         shard_size = builder.info.splits[shard].num_examples
-        steps_per_epoch = _steps_per_epoch(shard_size, per_host)
+        steps_per_epoch = _steps_per_epoch(shard_size, share.size)
         batches = _streaming_batches(
             builder,
             spec,
             shard,
-            image_size=image_size,
+            seed=seed,
+            start_step=start_step,
+            share=share,
+            random_flip=random_flip,
+            image_size=resolved.image_size,
             steps_per_epoch=steps_per_epoch,
             shard_size=shard_size,
             shuffle_window=shuffle_window,
             read_chunks=read_chunks,
-            **common,
         )
     return TrainIterator(
         batches,
         start_step=start_step,
         steps_per_epoch=steps_per_epoch,
-        per_host_batch_size=per_host,
-        image_shape=(image_size, image_size, spec.channels),
+        per_host_batch_size=share.size,
+        image_shape=resolved.image_shape,
         spec=spec,
-        in_memory=in_memory,
+        in_memory=resolved.in_memory,
         random_flip=random_flip,
     )
 
 
 def _in_memory_batches(
-    images,
-    labels,
-    *,
-    seed,
-    start_step,
-    global_batch_size,
-    process_index,
-    process_count,
-    random_flip,
+    images: np.ndarray,
+    labels: np.ndarray,
+    seed: int,
+    start_step: int,
+    share: hosts.HostShare,
+    random_flip: bool,
 ) -> Iterator[Batch]:
-    steps_per_epoch = _steps_per_epoch(len(images), global_batch_size)
+    steps_per_epoch = _steps_per_epoch(len(images), share.global_batch_size)
     epoch, permutation = None, None
-    step = start_step
-    while True:
+    for step in itertools.count(start_step):
         if step // steps_per_epoch != epoch:
             epoch = step // steps_per_epoch
             permutation = epoch_permutation(seed, epoch, len(images))
-        yield in_memory_train_batch(
-            images,
-            labels,
-            seed=seed,
-            step=step,
-            global_batch_size=global_batch_size,
-            process_index=process_index,
-            process_count=process_count,
-            random_flip=random_flip,
-            permutation=permutation,
-        )
-        step += 1
+        yield _in_memory_batch(images, labels, seed, step, share, random_flip, permutation)
 
 
 def _streaming_batches(
@@ -498,9 +552,7 @@ def _streaming_batches(
     *,
     seed,
     start_step,
-    global_batch_size,
-    process_index,
-    process_count,
+    share,
     random_flip,
     image_size,
     steps_per_epoch,
@@ -508,7 +560,7 @@ def _streaming_batches(
     shuffle_window,
     read_chunks,
 ) -> Iterator[Batch]:
-    per_host = global_batch_size // process_count
+    per_host = share.size
     decode = _decode_fn(spec, builder, image_size)
 
     def open_epoch(epoch: int, skip_batches: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -518,7 +570,7 @@ def _streaming_batches(
             builder,
             shard,
             _needed_keys(spec),
-            order_seed=[hosts.READ_ORDER_STREAM, seed, epoch, process_index],
+            order_seed=[hosts.READ_ORDER_STREAM, seed, epoch, share.process_index],
             num_chunks=max(1, min(read_chunks, shard_size)),
             window=shuffle_window,
         )
@@ -540,11 +592,7 @@ def _streaming_batches(
             batches = upcoming.result()
             upcoming = pool.submit(open_epoch, epoch + 1, 0)
             for images, labels in batches:
-                flips = None
-                if random_flip:
-                    flips = flip_mask(seed, step, global_batch_size)
-                    flips = flips[process_index * per_host : (process_index + 1) * per_host]
-                yield to_model_batch(images, labels, flips)
+                yield to_model_batch(images, labels, _host_flips(seed, step, share, random_flip))
                 step += 1
             epoch += 1
             if step != epoch * steps_per_epoch:
@@ -606,11 +654,7 @@ def make_eval_batches(
     batch_size: int,
     split: str | None = None,
     num_examples: int | None = None,
-    image_size: int | None = None,
-    data_dir: str | None = None,
-    process_index: int | None = None,
-    process_count: int | None = None,
-    in_memory: bool | None = None,
+    **source: Any,
 ) -> EvalBatches:
     """Batches that cover an evaluation split exactly once per pass (no flips).
 
@@ -624,11 +668,8 @@ def make_eval_batches(
       split: tfds split expression; default the spec's eval split.
       num_examples: use only the first n examples of the split (the split must
         then be a plain split name such as ``"test"``).
-      image_size: output side; default the spec's default size.
-      data_dir: tfds data directory (None: tfds' default).
-      process_index: this host (None: ``jax.process_index()``).
-      process_count: number of hosts (None: ``jax.process_count()``).
-      in_memory: decode this host's shard once and keep it (None: spec default).
+      **source: ``image_size``, ``data_dir``, ``process_index``,
+        ``process_count``, ``in_memory``: see :class:`ImageSource`.
 
     Returns:
       An :class:`EvalBatches` (re-iterable).
@@ -638,7 +679,8 @@ def make_eval_batches(
       ValueError: no split given for a data set without an eval split, or bad
         arguments.
     """
-    spec = image_dataset_spec(name)
+    resolved = ImageSource(name, **source).resolve(batch_size)
+    spec, share = resolved.spec, resolved.share
     split = split or spec.eval_split
     if split is None:
         raise ValueError(
@@ -651,20 +693,18 @@ def make_eval_batches(
                 f"num_examples needs a plain split name, got split={split!r}; write the slice into the split instead."
             )
         split = f"{split}[:{int(num_examples)}]"
-    process_index, process_count = hosts.resolve_hosts(process_index, process_count)
-    per_host = hosts.per_host_batch_size(batch_size, process_count)
-    image_size = image_size or spec.default_image_size
-    in_memory = spec.in_memory if in_memory is None else bool(in_memory)
-    builder = prepared_builder(name, data_dir)
+    per_host = share.size
+    image_size = resolved.image_size
+    builder = resolved.builder()
 
-    shards = tfds.even_splits(split, process_count, drop_remainder=False)
+    shards = tfds.even_splits(split, share.process_count, drop_remainder=False)
     shard_sizes = [builder.info.splits[s].num_examples for s in shards]
     num_batches = math.ceil(max(shard_sizes) / per_host)
     padded_size = num_batches * per_host
-    shard = shards[process_index]
-    shape = (image_size, image_size, spec.channels)
+    shard = shards[share.process_index]
+    shape = resolved.image_shape
 
-    if in_memory:
+    if resolved.in_memory:
         images, labels = _load_uint8(builder, spec, shard, image_size)
         count = len(images)
         images = np.concatenate([images, np.zeros((padded_size - count, *shape), np.uint8)])
@@ -678,7 +718,7 @@ def make_eval_batches(
 
     else:
         decode = _decode_fn(spec, builder, image_size)
-        count = shard_sizes[process_index]
+        count = shard_sizes[share.process_index]
 
         def make_pass():
             ds = _encoded_records(builder, shard, _needed_keys(spec))
