@@ -78,160 +78,53 @@ class ImageDatasetSpec:
         return self.tfds_name.startswith("celeb_a_hq")
 
 
-def _specs() -> dict[str, ImageDatasetSpec]:
-    small = dict(center_crop=False, in_memory=True)
-    specs = [
-        ImageDatasetSpec(
-            "digits",
-            "digits",
-            "train",
-            "test",
-            8,
-            8,
-            1,
-            random_flip=False,
-            num_classes=10,
-            **small,
-            prepare_note="Built offline from scikit-learn on first use.",
-        ),
-        ImageDatasetSpec(
-            "mnist",
-            "mnist",
-            "train",
-            "test",
-            28,
-            28,
-            1,
-            random_flip=False,
-            num_classes=10,
-            **small,
-        ),
-        ImageDatasetSpec(
-            "fashion_mnist",
-            "fashion_mnist",
-            "train",
-            "test",
-            28,
-            28,
-            1,
-            random_flip=False,
-            num_classes=10,
-            **small,
-        ),
-        ImageDatasetSpec(
-            "cifar10",
-            "cifar10",
-            "train",
-            "test",
-            32,
-            32,
-            3,
-            random_flip=True,
-            num_classes=10,
-            **small,
-        ),
-        ImageDatasetSpec(
-            "celeb_a",
-            "celeb_a",
-            "train",
-            "test",
-            None,
-            64,
-            3,
-            center_crop=True,
-            random_flip=True,
-            num_classes=None,
-            in_memory=False,
-            prepare_note="The tfds download of celeb_a comes from Google Drive "
-            "and is often rate-limited; retry later if it fails.",
-        ),
-    ]
-    hq_note = (
-        "celeb_a_hq cannot be downloaded by tfds: it needs a MANUAL download. "
-        "Build the data{N}x{N}.tar files as described in the README of "
-        'https://github.com/tkarras/progressive_growing_of_gans ("Preparing '
-        'datasets for training"), put them in a manual_dir and pass it as shown.'
-    )
-    for size in (256, 128, 64):
-        specs.append(
-            ImageDatasetSpec(
-                f"celeb_a_hq/{size}",
-                f"celeb_a_hq/{size}",
-                "train",
-                None,
-                size,
-                size,
-                3,
-                center_crop=False,
-                random_flip=True,
-                num_classes=None,
-                in_memory=False,
-                prepare_note=hq_note,
-            )
-        )
-    lsun_note = (
-        "tfds reads LSUN's lmdb files through tensorflow-io: `pip install "
-        "tensorflow-io` on the machine that builds it. Downloads are large "
-        "(church_outdoor ~2.3 GB, bedroom ~43 GB)."
-    )
-    for scene in ("church_outdoor", "bedroom"):
-        specs.append(
-            ImageDatasetSpec(
-                f"lsun/{scene}",
-                f"lsun/{scene}",
-                "train",
-                "validation",
-                None,
-                256,
-                3,
-                center_crop=True,
-                random_flip=True,
-                num_classes=None,
-                in_memory=False,
-                prepare_note=lsun_note,
-            )
-        )
-    imagenet_note = (
-        "The files come from image-net.org (downsampled ImageNet); if that "
-        "download needs a login, fetch them by hand into a manual_dir."
-    )
-    for size in (32, 64):
-        specs.append(
-            ImageDatasetSpec(
-                f"downsampled_imagenet/{size}x{size}",
-                f"downsampled_imagenet/{size}x{size}",
-                "train",
-                "validation",
-                size,
-                size,
-                3,
-                center_crop=False,
-                random_flip=False,
-                num_classes=None,
-                in_memory=False,
-                prepare_note=imagenet_note,
-            )
-        )
-        specs.append(
-            ImageDatasetSpec(
-                f"imagenet_resized/{size}x{size}",
-                f"imagenet_resized/{size}x{size}",
-                "train",
-                "validation",
-                size,
-                size,
-                3,
-                center_crop=False,
-                random_flip=False,
-                num_classes=1000,
-                in_memory=False,
-                prepare_note=imagenet_note,
-            )
-        )
-    return {spec.name: spec for spec in specs}
+_HQ_NOTE = (
+    "celeb_a_hq cannot be downloaded by tfds: it needs a MANUAL download. "
+    "Build the data{N}x{N}.tar files as described in the README of "
+    'https://github.com/tkarras/progressive_growing_of_gans ("Preparing '
+    'datasets for training"), put them in a manual_dir and pass it as shown.'
+)
+_LSUN_NOTE = (
+    "tfds reads LSUN's lmdb files through tensorflow-io: `pip install "
+    "tensorflow-io` on the machine that builds it. Downloads are large "
+    "(church_outdoor ~2.3 GB, bedroom ~43 GB)."
+)
+_IMAGENET_NOTE = (
+    "The files come from image-net.org (downsampled ImageNet); if that "
+    "download needs a login, fetch them by hand into a manual_dir."
+)
+_CELEB_A_NOTE = (
+    "The tfds download of celeb_a comes from Google Drive and is often rate-limited; retry later if it fails."
+)
+_DIGITS_NOTE = "Built offline from scikit-learn on first use."
 
+# The catalogue, one data set a row: ImageDatasetSpec's fields in their order, the tfds
+# name left out (it is diffjax's name for every one of them). Columns: name,
+# train_split, eval_split, native_size, default_image_size, channels, center_crop,
+# random_flip, num_classes, in_memory, prepare_note.
+# fmt: off
+_SPEC_TABLE = (
+    # name                         train    eval          native size   ch crop   flip   classes in_mem note
+    ("digits",                     "train", "test",       8,     8,     1, False, False, 10,     True,  _DIGITS_NOTE),
+    ("mnist",                      "train", "test",       28,    28,    1, False, False, 10,     True,  ""),
+    ("fashion_mnist",              "train", "test",       28,    28,    1, False, False, 10,     True,  ""),
+    ("cifar10",                    "train", "test",       32,    32,    3, False, True,  10,     True,  ""),
+    ("celeb_a",                    "train", "test",       None,  64,    3, True,  True,  None,   False, _CELEB_A_NOTE),
+    ("celeb_a_hq/256",             "train", None,         256,   256,   3, False, True,  None,   False, _HQ_NOTE),
+    ("celeb_a_hq/128",             "train", None,         128,   128,   3, False, True,  None,   False, _HQ_NOTE),
+    ("celeb_a_hq/64",              "train", None,         64,    64,    3, False, True,  None,   False, _HQ_NOTE),
+    ("lsun/church_outdoor",        "train", "validation", None,  256,   3, True,  True,  None,   False, _LSUN_NOTE),
+    ("lsun/bedroom",               "train", "validation", None,  256,   3, True,  True,  None,   False, _LSUN_NOTE),
+    ("downsampled_imagenet/32x32", "train", "validation", 32,    32,    3, False, False, None,   False, _IMAGENET_NOTE),
+    ("imagenet_resized/32x32",     "train", "validation", 32,    32,    3, False, False, 1000,   False, _IMAGENET_NOTE),
+    ("downsampled_imagenet/64x64", "train", "validation", 64,    64,    3, False, False, None,   False, _IMAGENET_NOTE),
+    ("imagenet_resized/64x64",     "train", "validation", 64,    64,    3, False, False, 1000,   False, _IMAGENET_NOTE),
+)
+# fmt: on
 
-IMAGE_DATASETS: Mapping[str, ImageDatasetSpec] = types.MappingProxyType(_specs())
+IMAGE_DATASETS: Mapping[str, ImageDatasetSpec] = types.MappingProxyType(
+    {name: ImageDatasetSpec(name, name, *fields) for name, *fields in _SPEC_TABLE}
+)
 _ALIASES: Mapping[str, str] = types.MappingProxyType({"celeb_a_hq": "celeb_a_hq/256"})
 
 
