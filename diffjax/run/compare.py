@@ -235,8 +235,7 @@ def plot_schedules(runs: Sequence[RunRecord], path: str) -> bool:
     ax_bar.set(xlabel="t / T", ylabel="alpha_bar_t", title="signal kept")
     ax_snr.set(xlabel="t / T", ylabel="log SNR", title="log-SNR")
     for ax in (ax_bar, ax_snr):
-        ax.grid(alpha=0.3)
-        ax.legend()
+        _finish_axes(ax, log_y=False)
     _save(fig, path)
     return True
 
@@ -256,9 +255,7 @@ def plot_losses(runs: Sequence[RunRecord], path: str) -> bool:
                 steps, values = zip(*points)
                 ax.plot(steps, values, label=run.name)
         ax.set(xlabel="step", ylabel=key, title=f"training {key}")
-        _log_scale_if_positive(ax, "y")
-        ax.grid(alpha=0.3)
-        ax.legend()
+        _finish_axes(ax, log_y=True)
     _save(fig, path)
     return True
 
@@ -279,9 +276,7 @@ def plot_nll_per_t(runs: Sequence[RunRecord], path: str) -> bool:
             label += f" ({run.nll.get('chain_steps')}-step chain)"
         ax.plot(t, vb, label=label)
     ax.set(xlabel="t / T", ylabel="term (bits/dim)", title="NLL bound per step (L_0 at the left)")
-    _log_scale_if_positive(ax, "y")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    _finish_axes(ax, log_y=True)
     _save(fig, path)
     return True
 
@@ -307,17 +302,19 @@ def plot_quality_vs_steps(runs: Sequence[RunRecord], path: str) -> bool:
         title = METRIC_TITLES.get(metric, metric)
         ax.set(xlabel="sampling steps", ylabel=title, title=f"{title} vs steps")
         ax.set_xscale("log")
-        _log_scale_if_positive(ax, "y")
-        ax.grid(alpha=0.3)
-        ax.legend()
+        _finish_axes(ax, log_y=True)
     _save(fig, path)
     return True
 
 
-def _log_scale_if_positive(ax, axis: str) -> None:
-    values = [v for line in ax.get_lines() for v in (line.get_ydata() if axis == "y" else line.get_xdata())]
-    if values and min(values) > 0:
-        (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+def _finish_axes(ax, *, log_y: bool) -> None:
+    """The grid and legend of every panel; with ``log_y``, a log y axis where all plotted
+    values are positive."""
+    values = [v for line in ax.get_lines() for v in line.get_ydata()]
+    if log_y and values and min(values) > 0:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
 
 
 def _save(fig, path: str) -> None:
