@@ -1,9 +1,9 @@
-"""Benchmark: one forward and one forward+backward of a named UNet config.
+"""Benchmark: one forward and one forward+backward of a named UNet preset.
 
 Usage::
 
     python bench/bench_unet_forward.py                       # ddpm_cifar10, batch 8, float32
-    python bench/bench_unet_forward.py --config iddpm_cifar10 --batch 16 --dtype bfloat16
+    python bench/bench_unet_forward.py --config iddpm_cifar10 --out-channels 6 --batch 16 --dtype bfloat16
 
 Reports compile time, the median and minimum wall time of ``--reps`` runs
 after one warm-up (the minimum is the better figure on a shared machine), XLA's cost analysis (FLOPs), XLA's memory analysis of each program
@@ -61,14 +61,17 @@ def _program_stats(compiled) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="ddpm_cifar10", choices=sorted(models.UNET_CONFIGS))
+    parser.add_argument("--config", default="ddpm_cifar10", choices=sorted(models.IMAGE_SHAPES),
+                        help="a UNet preset of diffjax.models.PRESETS")
+    parser.add_argument("--out-channels", type=int, default=0,
+                        help="output channels; 0: the image's C (2C for a learned variance, as improved DDPM)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--reps", type=int, default=5)
     args = parser.parse_args()
 
     shape = models.get_image_shape(args.config)
-    net = models.make_unet(args.config, dtype=jnp.dtype(args.dtype))
+    net = models.make_unet(args.config, out_channels=args.out_channels or None, dtype=jnp.dtype(args.dtype))
     num_timesteps = 1000
     print(f"devices: {jax.devices()}  config={args.config} batch={args.batch} image={shape} dtype={args.dtype}")
 

@@ -75,7 +75,7 @@ def tiny_eval_fn(tiny):
 @pytest.mark.parametrize("name", sorted(EXPECTED_PARAM_COUNTS))
 def test_param_count_and_output_shape(name):
     h, w, c = models.get_image_shape(name)
-    net = models.make_unet(name)
+    net = models.make_unet(name, out_channels=2 * c if name in LEARNED_SIGMA else None)
     x = jnp.zeros((2, h, w, c))
     t = jnp.zeros((2,), jnp.int32)
     out, variables = jax.eval_shape(lambda k: net.init_with_output(k, x, t), jax.random.key(0))
@@ -86,9 +86,35 @@ def test_param_count_and_output_shape(name):
     assert out.dtype == jnp.float32
 
 
-def test_every_config_is_counted():
-    assert set(models.UNET_CONFIGS) == set(EXPECTED_PARAM_COUNTS) == set(models.IMAGE_SHAPES)
+def test_every_preset_is_counted():
+    unets = {name for name, preset in models.PRESETS.items() if preset["arch"] == "unet"}
+    assert unets == set(EXPECTED_PARAM_COUNTS) == set(models.IMAGE_SHAPES)
     assert models.count_params(models.abstract_params(models.make_unet("tiny"), TINY_SHAPE)) == 45_259
+    mlp = models.make_network(**models.get_preset("toy2d"))
+    assert models.count_params(models.abstract_params(mlp, (2,))) == 175_106
+
+
+def test_presets_hold_every_hyperparameter_with_the_field_types():
+    """A preset fills a config section whose keys take command-line overrides, so it has
+    every hyperparameter, each with the type of the network's default (a float stays a float)."""
+    assert models.hyperparameters("unet") == (
+        "channels", "channel_mult", "num_res_blocks", "attention_resolutions", "num_heads", "num_head_channels",
+        "dropout", "use_scale_shift_norm", "resblock_updown", "conv_resample", "downsample_padding", "norm_groups",
+        "norm_eps",
+    )
+    assert models.hyperparameters("mlp") == ("hidden", "num_blocks", "sinusoid_dim", "dropout")
+    for name, preset in models.PRESETS.items():
+        arch = preset["arch"]
+        assert list(preset) == ["arch", *models.hyperparameters(arch)], name
+        defaults = {f: models.NETWORKS[arch].__dataclass_fields__[f].default for f in models.hyperparameters(arch)}
+        for key, value in preset.items():
+            if key != "arch" and defaults[key] is not None:
+                assert type(value) is type(defaults[key]), (name, key, value)
+    with pytest.raises(TypeError):
+        models.PRESETS["digits"]["channels"] = 1  # read-only
+    fresh = models.get_preset("digits")
+    fresh["channels"] = 1
+    assert models.PRESETS["digits"]["channels"] == 32
 
 
 def test_bf16_model_keeps_float32_params():
@@ -119,8 +145,14 @@ def test_variants_trace_with_right_shape(overrides):
 def test_bad_configurations_raise():
     with pytest.raises(KeyError):
         models.make_unet("no_such_model")
-    with pytest.raises(TypeError):
-        models.make_unet("tiny", channels=3)
+    with pytest.raises(TypeError, match="model_channels"):
+        models.make_unet("tiny", model_channels=3)  # the field is ``channels``
+    with pytest.raises(TypeError, match="mlp, not a unet"):
+        models.make_unet("toy2d")
+    with pytest.raises(KeyError, match="cnn"):
+        models.make_network("cnn")
+    with pytest.raises(TypeError, match="out_dim"):
+        models.make_network("mlp", out_dim=3)  # the output width is always ``out_channels``
     with pytest.raises(ValueError, match="attention_resolutions"):
         models.abstract_params(models.make_unet("tiny", attention_resolutions=(2,)), TINY_SHAPE)
     with pytest.raises(ValueError, match="divisible"):

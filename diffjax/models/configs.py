@@ -1,8 +1,16 @@
-"""Named UNet configurations: the papers' models and small ones for CPU.
+"""Named network presets: the papers' UNets, small UNets for CPU, and the toy MLP.
 
-Each entry is the keyword arguments of ``diffjax.models.UNet``; ``IMAGE_SHAPES``
-gives the (H, W, C) images it was made for. Parameter counts (float32 params,
-checked exactly in ``tests/test_models.py``):
+A preset is ``arch`` (the network class: ``"unet"`` for ``UNet``, ``"mlp"`` for
+``MLPDenoiser``) and a value for every hyperparameter of that class, under the class's
+own field names (``hyperparameters(arch)``). Three fields are not hyperparameters and
+never in a preset: the output width (``out_channels`` / ``out_dim``: the data's channels,
+twice that with a learned variance), ``num_classes`` (the data's) and ``dtype`` (the
+run's). ``diffjax.run.config.set_model`` writes a preset into a config's ``model``
+section; ``make_network`` builds any network from keyword arguments.
+
+UNet parameter counts (float32 params, checked exactly in ``tests/test_models.py``),
+with 2C output channels for the two improved-DDPM models (learned sigma) and C for the
+others; ``IMAGE_SHAPES`` gives the (H, W, C) images each was made for:
 
 =================  ===========  ==========================================================
 name               params       model
@@ -15,6 +23,8 @@ digits             701,345      8×8×1 digits; trains on 2 CPU cores in minutes
 tiny               45,259       8×8×3; for tests
 =================  ===========  ==========================================================
 
+The MLP preset ``toy2d`` (175,106 parameters on 2-D data) is experiments/toy2d.py's.
+
 Architecture details that do not change the count but matter for loading
 weights: DDPM's TF code uses GroupNorm eps 1e-6 and "SAME" stride-2 padding,
 improved DDPM's PyTorch code eps 1e-5 and symmetric padding; both are set here.
@@ -22,86 +32,88 @@ improved DDPM's PyTorch code eps 1e-5 and symmetric padding; both are set here.
 
 from __future__ import annotations
 
+import dataclasses
 import types
 from collections.abc import Mapping
 from typing import Any
 
+import flax.linen as nn
+
+from diffjax.models.mlp import MLPDenoiser
 from diffjax.models.unet import UNet
 
-__all__ = ["IMAGE_SHAPES", "UNET_CONFIGS", "get_image_shape", "get_unet_config", "make_unet"]
+__all__ = [
+    "IMAGE_SHAPES",
+    "NETWORKS",
+    "PRESETS",
+    "get_image_shape",
+    "get_preset",
+    "hyperparameters",
+    "make_network",
+    "make_unet",
+]
+
+NETWORKS: Mapping[str, type[nn.Module]] = types.MappingProxyType({"unet": UNet, "mlp": MLPDenoiser})
+
+# Fields that follow from the data, the diffusion or the run, not from the architecture.
+_OUTPUT_FIELD = {"unet": "out_channels", "mlp": "out_dim"}
+_NOT_HYPERPARAMETERS = frozenset({"parent", "name", "num_classes", "dtype", *_OUTPUT_FIELD.values()})
+
+
+def _check_arch(arch: str) -> None:
+    if arch not in NETWORKS:
+        raise KeyError(f"unknown network {arch!r}; known: {sorted(NETWORKS)}")
+
+
+def hyperparameters(arch: str) -> tuple[str, ...]:
+    """The hyperparameters of network ``arch`` (its fields but the output width,
+    ``num_classes`` and ``dtype``), in declaration order."""
+    _check_arch(arch)
+    return tuple(f.name for f in dataclasses.fields(NETWORKS[arch]) if f.name not in _NOT_HYPERPARAMETERS)
+
+
+def _preset(arch: str, **fields: Any) -> Mapping[str, Any]:
+    """A complete preset: ``arch``, then every hyperparameter (the class's default where
+    ``fields`` has none)."""
+    names = hyperparameters(arch)
+    unknown = set(fields) - set(names)
+    if unknown:
+        raise TypeError(f"{sorted(unknown)} are not hyperparameters of {arch}: {names}")
+    defaults = {f.name: f.default for f in dataclasses.fields(NETWORKS[arch]) if f.name in names}
+    return types.MappingProxyType({"arch": arch, **defaults, **fields})
+
 
 _DDPM_TF = dict(norm_eps=1e-6, downsample_padding="same", num_heads=1)
 _IDDPM = dict(norm_eps=1e-5, downsample_padding="symmetric", num_heads=4, use_scale_shift_norm=True)
 
-UNET_CONFIGS: Mapping[str, Mapping[str, Any]] = types.MappingProxyType(
+PRESETS: Mapping[str, Mapping[str, Any]] = types.MappingProxyType(
     {
-        "ddpm_cifar10": types.MappingProxyType(
-            dict(
-                _DDPM_TF,
-                model_channels=128,
-                channel_mult=(1, 2, 2, 2),
-                num_res_blocks=2,
-                attention_resolutions=(16,),
-                dropout=0.1,
-                out_channels=3,
-            )
+        "ddpm_cifar10": _preset(
+            "unet", **_DDPM_TF, channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2,
+            attention_resolutions=(16,), dropout=0.1,
         ),
-        "ddpm_256": types.MappingProxyType(
-            dict(
-                _DDPM_TF,
-                model_channels=128,
-                channel_mult=(1, 1, 2, 2, 4, 4),
-                num_res_blocks=2,
-                attention_resolutions=(16,),
-                dropout=0.0,
-                out_channels=3,
-            )
+        "ddpm_256": _preset(
+            "unet", **_DDPM_TF, channels=128, channel_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2,
+            attention_resolutions=(16,), dropout=0.0,
         ),
-        "iddpm_cifar10": types.MappingProxyType(
-            dict(
-                _IDDPM,
-                model_channels=128,
-                channel_mult=(1, 2, 2, 2),
-                num_res_blocks=3,
-                attention_resolutions=(16, 8),
-                dropout=0.3,
-                out_channels=6,
-            )
+        "iddpm_cifar10": _preset(
+            "unet", **_IDDPM, channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=3,
+            attention_resolutions=(16, 8), dropout=0.3,
         ),
-        "iddpm_imagenet64": types.MappingProxyType(
-            dict(
-                _IDDPM,
-                model_channels=128,
-                channel_mult=(1, 2, 3, 4),
-                num_res_blocks=3,
-                attention_resolutions=(16, 8),
-                dropout=0.0,
-                out_channels=6,
-            )
+        "iddpm_imagenet64": _preset(
+            "unet", **_IDDPM, channels=128, channel_mult=(1, 2, 3, 4), num_res_blocks=3,
+            attention_resolutions=(16, 8), dropout=0.0,
         ),
-        "digits": types.MappingProxyType(
-            dict(
-                model_channels=32,
-                channel_mult=(1, 2),
-                num_res_blocks=1,
-                attention_resolutions=(4,),
-                num_heads=1,
-                dropout=0.0,
-                out_channels=1,
-            )
+        # GroupNorm eps 1e-5 with "same" padding: the UNet's defaults.
+        "digits": _preset(
+            "unet", channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(4,), num_heads=1,
+            dropout=0.0,
         ),
-        "tiny": types.MappingProxyType(
-            dict(
-                model_channels=8,
-                channel_mult=(1, 2),
-                num_res_blocks=1,
-                attention_resolutions=(4,),
-                num_heads=2,
-                norm_groups=4,
-                dropout=0.1,
-                out_channels=3,
-            )
+        "tiny": _preset(
+            "unet", channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(4,), num_heads=2,
+            norm_groups=4, dropout=0.1,
         ),
+        "toy2d": _preset("mlp", hidden=128, num_blocks=3, sinusoid_dim=64, dropout=0.0),
     }
 )
 
@@ -117,33 +129,51 @@ IMAGE_SHAPES: Mapping[str, tuple[int, int, int]] = types.MappingProxyType(
 )
 
 
-def _check_name(name: str) -> None:
-    if name not in UNET_CONFIGS:
-        raise KeyError(f"unknown UNet config {name!r}; known: {sorted(UNET_CONFIGS)}")
+def get_preset(name: str) -> dict[str, Any]:
+    """A fresh dict of the named preset: ``arch`` and every hyperparameter of that network.
 
-
-def get_unet_config(name: str) -> dict[str, Any]:
-    """Returns a fresh dict of the ``UNet`` keyword arguments of a named config."""
-    _check_name(name)
-    return dict(UNET_CONFIGS[name])
+    Raises:
+      KeyError: unknown preset.
+    """
+    if name not in PRESETS:
+        raise KeyError(f"unknown network preset {name!r}; known: {sorted(PRESETS)}")
+    return dict(PRESETS[name])
 
 
 def get_image_shape(name: str) -> tuple[int, int, int]:
-    """Returns the (H, W, C) image shape a named config was made for."""
-    _check_name(name)
+    """The (H, W, C) image shape a UNet preset was made for."""
+    if name not in IMAGE_SHAPES:
+        raise KeyError(f"no image shape for {name!r}; UNet presets: {sorted(IMAGE_SHAPES)}")
     return IMAGE_SHAPES[name]
 
 
-def make_unet(name: str, **overrides: Any) -> UNet:
-    """Builds the named UNet, with keyword overrides (e.g. ``num_classes=10``, ``dtype``).
+def make_network(arch: str, *, out_channels: int | None = None, **kwargs: Any) -> nn.Module:
+    """Builds network ``arch`` from keyword arguments: hyperparameters, ``num_classes``,
+    ``dtype``, and ``out_channels`` (the output width, whatever the class calls it;
+    ``None``: the input's).
 
     Raises:
-      KeyError: unknown config name.
-      TypeError: an override that is not a ``UNet`` field.
+      KeyError: unknown ``arch``.
+      TypeError: an argument that is not a field of that network.
     """
-    kwargs = get_unet_config(name)
-    unknown = set(overrides) - {f for f in UNet.__dataclass_fields__ if f not in ("parent", "name")}
+    _check_arch(arch)
+    allowed = {*hyperparameters(arch), "num_classes", "dtype"}
+    unknown = set(kwargs) - allowed
     if unknown:
-        raise TypeError(f"unknown UNet arguments {sorted(unknown)}")
-    kwargs.update(overrides)
-    return UNet(**kwargs)
+        raise TypeError(f"unknown {arch} arguments {sorted(unknown)}; known: {sorted(allowed)} and out_channels")
+    return NETWORKS[arch](**kwargs, **{_OUTPUT_FIELD[arch]: out_channels})
+
+
+def make_unet(name: str, **overrides: Any) -> UNet:
+    """Builds the named UNet preset, with keyword overrides (e.g. ``out_channels=6`` for a
+    learned variance, ``num_classes=10``, ``dtype``).
+
+    Raises:
+      KeyError: unknown preset.
+      TypeError: a preset of another network, or an override that is not a ``UNet`` argument.
+    """
+    preset = get_preset(name)
+    arch = preset.pop("arch")
+    if arch != "unet":
+        raise TypeError(f"preset {name!r} is a {arch}, not a unet")
+    return make_network(arch, **{**preset, **overrides})

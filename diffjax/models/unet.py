@@ -34,7 +34,7 @@ class UNet(nn.Module):
     """Denoising UNet for NHWC images.
 
     Attributes:
-      model_channels: base channel count ``ch``.
+      channels: base channel count ``ch`` (the width of level 0).
       channel_mult: channel multiplier per resolution level; level ``i`` works at
         ``H / 2**i`` with ``ch * channel_mult[i]`` channels.
       num_res_blocks: res blocks per level on the way down (one more on the way up).
@@ -57,7 +57,7 @@ class UNet(nn.Module):
         in float32. The output is always float32.
     """
 
-    model_channels: int = 128
+    channels: int = 128
     channel_mult: Sequence[int] = (1, 2, 2, 2)
     num_res_blocks: int = 2
     attention_resolutions: Sequence[int] = (16,)
@@ -137,7 +137,7 @@ class UNet(nn.Module):
         self._check(x)
         batch = x.shape[0]
         chex.assert_shape(t, (batch,))
-        ch = self.model_channels
+        ch = self.channels
         emb = TimestepEmbedding(ch, 4 * ch, dtype=self.dtype, name="time_embed")(t)
         if self.num_classes is not None:
             if labels is None:
