@@ -31,7 +31,7 @@ from diffjax.errors import UserError
 from diffjax.models.summary import parameter_table
 from diffjax.run.config import validate
 from diffjax.run.evaluate import evaluate
-from diffjax.run.experiments import load_experiment
+from diffjax.run.experiments import build_recipe, load_experiment
 from diffjax.run.sample import generate
 from diffjax.runtime import mesh
 from diffjax.runtime.xla_cpu import use_cpu_fusions
@@ -127,7 +127,7 @@ def _run():
     mesh.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                                 force=FLAGS.distributed)
     experiment = load_experiment(config_flags.get_config_filename(FLAGS["config"]))
-    recipe = experiment.build(config)
+    recipe = build_recipe(experiment, config)
     if FLAGS.dry_run:
         print(parameter_table(recipe.model, recipe.input_shape))
         return

@@ -10,8 +10,7 @@ Model: DDPM's 256x256 UNet, 113,673,219 parameters (128 ch, mult 1,1,2,2,4,4, 2 
 blocks, attention at 16x16, no dropout). lr 2e-5 (2e-4 was unstable), batch 64.
 """
 
-from diffjax.run.config import base_config
-from diffjax.run.recipes import image_recipe, unet_from_config
+from diffjax.run.config import base_config, set_model
 
 
 def get_config(arg: str | None = None):
@@ -21,14 +20,9 @@ def get_config(arg: str | None = None):
     config.experiment = "ddpm_celebahq256"
     config.data.name = "celeb_a_hq"
     config.data.image_size = 256
-    config.model.name = "ddpm_256"
-    config.model.dropout = 0.0
+    set_model(config, "ddpm_256")
     config.train.lr = 2e-5
     config.train.batch_size = 64
     config.train.num_steps = 500_000
     config.sample.num = 16
     return config
-
-
-def build(config):
-    return image_recipe(config, unet_from_config(config))

@@ -8,7 +8,6 @@ crop, resize to 256). Model and optimiser as experiments/ddpm_celebahq256.py.
 """
 
 from diffjax.run.experiments import load_experiment
-from diffjax.run.recipes import image_recipe, unet_from_config
 
 
 def get_config(arg: str | None = None):
@@ -19,7 +18,3 @@ def get_config(arg: str | None = None):
     config.data.name = "lsun/church_outdoor"
     config.train.num_steps = 1_200_000
     return config
-
-
-def build(config):
-    return image_recipe(config, unet_from_config(config))

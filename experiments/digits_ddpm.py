@@ -14,8 +14,7 @@ EMA make 1200 steps enough (800 steps already give mostly recognisable digits in
 docs/results_digits.md's runs).
 """
 
-from diffjax.run.config import base_config
-from diffjax.run.recipes import image_recipe, unet_from_config
+from diffjax.run.config import base_config, set_model
 
 
 def get_config(arg: str | None = None):
@@ -26,8 +25,7 @@ def get_config(arg: str | None = None):
     config.data.image_size = 8
     config.data.channels = 1
     config.data.random_flip = False  # digits are not mirror-symmetric
-    config.model.name = "digits"
-    config.model.dropout = 0.0
+    set_model(config, "digits")
     config.train.batch_size = 128
     config.train.num_steps = 1200
     config.train.lr = 1e-3
@@ -51,7 +49,3 @@ def get_config(arg: str | None = None):
     elif arg:
         raise ValueError(f"unknown variant {arg!r} of digits_ddpm; known: smoke")
     return config
-
-
-def build(config):
-    return image_recipe(config, unet_from_config(config))

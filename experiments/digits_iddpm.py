@@ -18,8 +18,7 @@ with the strided ancestral sampler (which uses the learned variance) at 1000, 10
 25 steps.
 """
 
-from diffjax.run.config import base_config
-from diffjax.run.recipes import image_recipe, unet_from_config
+from diffjax.run.config import base_config, set_model
 
 OBJECTIVES = ("simple", "hybrid", "vlb")
 SCHEDULES = ("linear", "cosine")
@@ -36,8 +35,7 @@ def get_config(arg: str | None = None):
     config.data.image_size = 8
     config.data.channels = 1
     config.data.random_flip = False
-    config.model.name = "digits"
-    config.model.dropout = 0.0
+    set_model(config, "digits")
     config.model.rescale_timesteps = True
     config.diffusion.schedule = schedule
     config.diffusion.timesteps = 1000
@@ -60,7 +58,3 @@ def get_config(arg: str | None = None):
     config.eval.sample_steps = "1000 100 50 25"
     config.eval.num_samples = 200
     return config
-
-
-def build(config):
-    return image_recipe(config, unet_from_config(config))

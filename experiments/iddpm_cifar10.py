@@ -17,8 +17,7 @@ loss-second-moment importance sampler. AdamW lr 1e-4, no warmup, no clipping, EM
 0.9999, timesteps rescaled to 0..1000, no random flips (the released loader used none).
 """
 
-from diffjax.run.config import base_config
-from diffjax.run.recipes import image_recipe, unet_from_config
+from diffjax.run.config import base_config, set_model
 
 OBJECTIVES = ("simple", "hybrid", "vlb")
 SCHEDULES = ("linear", "cosine")
@@ -48,10 +47,5 @@ def improved_ddpm(config, arg: str | None):
 def get_config(arg: str | None = None):
     config = improved_ddpm(base_config(), arg)
     config.experiment = "iddpm_cifar10"
-    config.model.name = "iddpm_cifar10"
-    config.model.dropout = 0.3
+    set_model(config, "iddpm_cifar10")
     return config
-
-
-def build(config):
-    return image_recipe(config, unet_from_config(config))

@@ -10,9 +10,8 @@ Model: 121,063,942 parameters with learned sigma (128 ch, mult 1,2,3,4, 3 res bl
 attention at 16 and 8 with 4 heads, scale-shift norm, no dropout); 1.5M steps at batch 128.
 """
 
-from diffjax.run.config import base_config
+from diffjax.run.config import base_config, set_model
 from diffjax.run.experiments import load_experiment
-from diffjax.run.recipes import image_recipe, unet_from_config
 
 
 def get_config(arg: str | None = None):
@@ -20,11 +19,6 @@ def get_config(arg: str | None = None):
     config.experiment = "iddpm_imagenet64"
     config.data.name = "downsampled_imagenet/64x64"
     config.data.image_size = 64
-    config.model.name = "iddpm_imagenet64"
-    config.model.dropout = 0.0
+    set_model(config, "iddpm_imagenet64")
     config.train.num_steps = 1_500_000
     return config
-
-
-def build(config):
-    return image_recipe(config, unet_from_config(config))

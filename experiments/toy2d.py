@@ -9,12 +9,7 @@ for 3000 steps. Expect: samples/step_3000.png, a scatter plot of samples over th
 in which the samples cover every mode of the data.
 """
 
-import jax.numpy as jnp
-
-from diffjax.diffusion.gaussian import DiffusionSpec
-from diffjax.models import MLPDenoiser
-from diffjax.run.config import base_config
-from diffjax.run.recipes import toy_recipe
+from diffjax.run.config import base_config, set_model
 
 
 def get_config(arg: str | None = None):
@@ -25,10 +20,7 @@ def get_config(arg: str | None = None):
     config.data.image_size = 0
     config.data.channels = 2
     config.data.random_flip = False
-    config.model.name = "mlp"
-    config.model.dropout = 0.0
-    config.model.hidden = 128
-    config.model.num_blocks = 3
+    set_model(config, "toy2d")  # the MLP denoiser: 128 wide, 3 residual blocks
     config.diffusion.schedule = "cosine"
     config.diffusion.timesteps = 1000
     config.train.batch_size = 256
@@ -52,15 +44,3 @@ def get_config(arg: str | None = None):
         raise ValueError(f"unknown toy2d option {smoke!r}; use NAME or NAME,smoke")
     return config
 
-
-def build(config):
-    spec = DiffusionSpec(config.diffusion.mean_type, config.diffusion.var_type)
-    model = MLPDenoiser(
-        hidden=config.model.hidden,
-        num_blocks=config.model.num_blocks,
-        out_dim=spec.output_channels(config.data.channels),
-        dropout=config.model.dropout,
-        num_classes=config.data.num_classes or None,
-        dtype=jnp.dtype(config.model.dtype),
-    )
-    return toy_recipe(config, model)

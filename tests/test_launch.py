@@ -1,10 +1,14 @@
-"""launch.py and the configs: dry runs report the papers' sizes; bad input is a clear error."""
+"""launch.py and the configs: dry runs report the papers' sizes; the config is the network;
+bad input is a clear error."""
 
 import time
+import types
 
 import pytest
 
-from diffjax.run.config import ConfigError, validate
+from diffjax import models
+from diffjax.run.config import ConfigError, base_config, set_model, validate
+from diffjax.run.experiments import build_recipe
 from tests.train_utils import load_experiment, run_python
 
 
@@ -20,6 +24,123 @@ def test_dry_run_reports_the_paper_parameter_count(config, count):
     result = _launch("--config", config, "--dry_run")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "total" in result.stdout and count in result.stdout, result.stdout
+
+
+def unet_param_count(*, channels, channel_mult, num_res_blocks, attention_levels, in_channels, out_channels,
+                     scale_shift=False):
+    """The UNet's parameters counted layer by layer from its description (unet.py's docstring):
+    a 3x3 conv has 9·c_in·c_out + c_out, a dense layer c_in·c_out + c_out, a GroupNorm 2c;
+    resampling by convs, timestep embedding 4·channels wide."""
+    ch, emb = channels, 4 * channels
+
+    def conv(cin, cout):
+        return 9 * cin * cout + cout
+
+    def dense(cin, cout):
+        return cin * cout + cout
+
+    def res(cin, cout):
+        skip = dense(cin, cout) if cin != cout else 0
+        return 2 * cin + conv(cin, cout) + dense(emb, (2 if scale_shift else 1) * cout) + 2 * cout + conv(cout, cout) + skip
+
+    def attn(c):
+        return 2 * c + dense(c, 3 * c) + dense(c, c)
+
+    total = dense(ch, emb) + dense(emb, emb) + conv(in_channels, ch)
+    h, skips = ch, [ch]
+    for level, mult in enumerate(channel_mult):
+        for _ in range(num_res_blocks):
+            total += res(h, ch * mult) + (attn(ch * mult) if level in attention_levels else 0)
+            h = ch * mult
+            skips.append(h)
+        if level != len(channel_mult) - 1:
+            total += conv(h, h)
+            skips.append(h)
+    total += 2 * res(h, h) + attn(h)
+    for level, mult in reversed(list(enumerate(channel_mult))):
+        for _ in range(num_res_blocks + 1):
+            total += res(h + skips.pop(), ch * mult) + (attn(ch * mult) if level in attention_levels else 0)
+            h = ch * mult
+        if level != 0:
+            total += conv(h, h)
+    return total + 2 * h + conv(h, out_channels)
+
+
+def test_hand_count_gives_the_papers_counts():
+    ddpm = dict(channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention_levels={1}, in_channels=3, out_channels=3)
+    assert unet_param_count(channels=128, **ddpm) == 35_746_307
+    assert unet_param_count(channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=3, attention_levels={1, 2},
+                            in_channels=3, out_channels=6, scale_shift=True) == 52_546_438
+    assert unet_param_count(channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_levels={1},
+                            in_channels=1, out_channels=1) == 701_345
+
+
+@pytest.mark.parametrize(
+    "config,overrides,count",
+    [
+        # DDPM's CIFAR-10 UNet at half the width.
+        ("experiments/ddpm_cifar10.py", ["--config.model.channels=64"],
+         unet_param_count(channels=64, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention_levels={1},
+                          in_channels=3, out_channels=3)),
+        # Tuples from the command line: a third level on the 8x8 digits, attention on its 2x2 maps, 2 heads.
+        ("experiments/digits_ddpm.py", ["--config.model.channel_mult=(1,2,2)", "--config.model.attention_resolutions=2",
+                                        "--config.model.num_heads=2", "--config.model.num_res_blocks=2"],
+         unet_param_count(channels=32, channel_mult=(1, 2, 2), num_res_blocks=2, attention_levels={2},
+                          in_channels=1, out_channels=1)),
+    ],
+)
+def test_dry_run_counts_follow_model_overrides(config, overrides, count):
+    result = _launch("--config", config, "--dry_run", *overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1].split()[-1] == f"{count:,}", result.stdout
+
+
+@pytest.mark.parametrize(
+    "name,arg,count",
+    [("digits_ddpm", None, 701_345), ("digits_ddpm", "smoke", 701_345), ("ddpm_cifar10", None, 35_746_307),
+     ("ddpm_celebahq256", None, 113_673_219), ("ddpm_lsun_church256", None, 113_673_219),
+     ("iddpm_cifar10", "hybrid_cosine", 52_546_438), ("iddpm_imagenet64", "vlb_cosine", 121_063_942),
+     ("toy2d", None, 175_106)],
+)
+def test_every_experiment_builds_its_network_from_the_config(name, arg, count):
+    experiment = load_experiment(name)
+    config = experiment.get_config(arg)
+    validate(config)
+    recipe = build_recipe(experiment, config)
+    assert models.count_params(models.abstract_params(recipe.model, recipe.input_shape)) == count
+    for key, value in config.model.items():  # every key reaches the network
+        if key in models.hyperparameters(config.model.arch):
+            assert getattr(recipe.model, key) == (None if value == -1 else value), key
+
+
+def test_set_model_writes_every_key_and_keeps_the_run_keys():
+    config = base_config()
+    config.model.rescale_timesteps = True
+    config.model.dtype = "bfloat16"
+    set_model(config, "toy2d", hidden=64)
+    assert set(config.model) == {"arch", "hidden", "num_blocks", "sinusoid_dim", "dropout", "dtype",
+                                 "rescale_timesteps", "class_dropout"}
+    assert config.model.arch == "mlp" and config.model.hidden == 64 and config.model.num_blocks == 3
+    assert config.model.rescale_timesteps is True and config.model.dtype == "bfloat16"
+    set_model(config, "iddpm_cifar10")
+    assert config.model.channels == 128 and config.model.channel_mult == (1, 2, 2, 2)
+    assert config.model.num_head_channels == -1 and config.model.dropout == 0.3
+    with pytest.raises(KeyError, match="hidden"):
+        set_model(config, "digits", hidden=3)
+    with pytest.raises(KeyError, match="no_such"):
+        set_model(config, "no_such")
+
+
+def test_build_recipe_uses_the_default_unless_the_file_has_build():
+    config = load_experiment("digits_ddpm").get_config("smoke")
+    recipe = build_recipe(types.ModuleType("no_build"), config)
+    assert recipe.input_shape == (8, 8, 1) and isinstance(recipe.model, models.UNet)
+    toy = load_experiment("toy2d").get_config("eight_gaussians,smoke")
+    recipe = build_recipe(types.ModuleType("no_build"), toy)
+    assert recipe.input_shape == (2,) and isinstance(recipe.model, models.MLPDenoiser)
+    own = types.ModuleType("own_build")
+    own.build = lambda config: ("built", config.experiment)
+    assert build_recipe(own, config) == ("built", "digits_ddpm")
 
 
 def assert_user_error(result, message):
@@ -74,6 +195,20 @@ def test_bad_value_is_an_error_naming_the_key():
         ("train.ema_decay", 1.0, "config.train.ema_decay"),
         ("sample.steps", "ddimx", "config.sample.steps"),
         ("diffusion.timestep_sampler", "importance", "config.diffusion.timestep_sampler"),
+        ("model.attention_resolutions", (16, 12), r"config.model.attention_resolutions: \[12\] are not feature-map "
+         r"sizes of this UNet: its maps are \[32, 16, 8, 4\] pixels high"),
+        ("model.channel_mult", (), "config.model.channel_mult: must be a non-empty tuple"),
+        ("model.channel_mult", (1, 2, 0), "config.model.channel_mult: must be a non-empty tuple of positive integers"),
+        ("model.norm_groups", 48, "config.model.norm_groups: 48 groups do not divide model.channels = 128"),
+        ("model.channels", 0, "config.model.channels: must be an integer >= 1"),
+        ("model.num_heads", 3, r"config.model.num_heads: 3 heads do not divide the attention widths \[256\]"),
+        ("model.num_head_channels", 0, "config.model.num_head_channels: must be a positive integer or -1"),
+        ("model.num_head_channels", 96, "config.model.num_head_channels: 96 does not divide"),
+        ("model.downsample_padding", "valid", "config.model.downsample_padding: 'valid' is not one of"),
+        ("model.dropout", 1.0, "config.model.dropout"),
+        ("model.arch", "mlp", r"config.model.arch: 'mlp' is not the network config.model describes .* set_model"),
+        ("model.arch", "vit", "config.model.arch: 'vit' is not one of"),
+        ("data.image_size", 36, "config.data.image_size: 36 is not divisible by 8"),
     ],
 )
 def test_validate_names_the_bad_key(key, value, message):
@@ -93,6 +228,23 @@ def test_every_experiment_config_is_valid():
         validate(load_experiment(name).get_config(arg))
     with pytest.raises(ValueError, match="OBJECTIVE_SCHEDULE"):
         load_experiment("iddpm_cifar10").get_config("kl_cosine")
+
+
+def test_network_and_data_must_fit():
+    toy = load_experiment("toy2d").get_config()
+    toy.data.name = "digits"
+    with pytest.raises(ConfigError, match="config.model.arch: the mlp denoises vectors"):
+        validate(toy)
+    digits = load_experiment("digits_ddpm").get_config()
+    digits.data.name = "swiss_roll"
+    with pytest.raises(ConfigError, match="config.model.arch: 'unet' denoises images"):
+        validate(digits)
+
+
+def test_bad_model_override_is_one_line_naming_the_key():
+    result = _launch("--config", "experiments/digits_ddpm.py", "--dry_run", "--config.model.attention_resolutions=(3,)")
+    assert_user_error(result, "error: config.model.attention_resolutions: [3] are not feature-map sizes of this UNet")
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_missing_dataset_fails_at_once_with_what_to_do(tmp_path):

@@ -9,7 +9,7 @@ import sys
 import jax
 import numpy as np
 
-from diffjax.run.experiments import load_experiment  # noqa: F401  (re-exported for the tests)
+from diffjax.run.experiments import build_recipe, load_experiment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,7 +29,8 @@ def toy_config(num_steps: int = 6, batch_size: int = 16, **train):
 
 
 def toy_recipe(config):
-    return load_experiment("toy2d").build(config)
+    """The recipe launch.py builds for a toy2d config."""
+    return build_recipe(load_experiment("toy2d"), config)
 
 
 def flat_params(params) -> np.ndarray:

@@ -5,20 +5,69 @@ its paper changed; ``launch.py`` then applies ``--config.group.key=value`` overr
 config is locked, so a misspelt key is an error, and ``validate`` checks every value
 before anything is compiled.
 
-Groups: ``data``, ``model``, ``diffusion``, ``train``, ``sample``, ``eval``.
+Groups: ``runtime``, ``data``, ``model``, ``diffusion``, ``train``, ``sample``, ``eval``.
+``config.model`` is the network itself: ``arch`` and every hyperparameter of that class
+(see the comments in ``base_config``), filled from a named preset by ``set_model``.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
+from diffjax.data.toy2d import TOY_NAMES
 from diffjax.diffusion.gaussian import MEAN_TYPES, VAR_TYPES
 from diffjax.diffusion.losses import OBJECTIVES, WEIGHTINGS
 from diffjax.diffusion.schedules import BETA_SCHEDULES, space_timesteps
 from diffjax.diffusion.timesteps import TIMESTEP_SAMPLERS
 from diffjax.errors import ConfigError
+from diffjax.models.configs import NETWORKS, PRESETS, get_preset, hyperparameters
+from diffjax.models.layers import DOWNSAMPLE_PADDINGS
+from diffjax.runtime.xla_cpu import check_fusions
 
-__all__ = ["ConfigError", "base_config", "validate"]
+__all__ = ["MODEL_COMMON_KEYS", "UNSET", "ConfigError", "base_config", "network_hyperparameters", "set_model", "validate"]
+
+# config.model keys of every network besides its hyperparameters, with their defaults.
+MODEL_COMMON_KEYS = {"dtype": "float32", "rescale_timesteps": False, "class_dropout": 0.1}
+# An optional integer hyperparameter that is not set (the network's None): config fields need a
+# fixed type for --config overrides, and improved DDPM's code uses -1 for num_head_channels too.
+UNSET = -1
+_OPTIONAL_INTS = ("num_head_channels",)
+
+
+def set_model(config: ml_collections.ConfigDict, preset: str, **overrides) -> None:
+    """Make ``config.model`` the named preset's network (``diffjax.models.PRESETS``): ``arch``
+    and every hyperparameter of that network, then ``overrides`` of them. ``dtype``,
+    ``rescale_timesteps`` and ``class_dropout`` keep the values they had (their defaults in a
+    config without a model section).
+
+    Raises:
+      KeyError: unknown preset, or an override that is not a key of that network.
+    """
+    values = get_preset(preset)
+    old = config.get("model")
+    for key, default in MODEL_COMMON_KEYS.items():
+        values[key] = old[key] if old is not None and key in old else default
+    unknown = set(overrides) - (set(values) - {"arch"})
+    if unknown:
+        raise KeyError(f"{sorted(unknown)} are not keys of the {values['arch']} network of preset {preset!r}; "
+                       f"known: {sorted(set(values) - {'arch'})}")
+    values.update(overrides)
+    for key in _OPTIONAL_INTS:
+        if key in values and values[key] is None:
+            values[key] = UNSET
+    config.model = ml_collections.ConfigDict(values)
+
+
+def network_hyperparameters(model: ml_collections.ConfigDict) -> dict:
+    """The hyperparameters of ``model``'s network (``model.arch``) as its keyword arguments:
+    ``UNSET`` becomes None and a list (a config read back from JSON) a tuple."""
+    kwargs = {}
+    for key in hyperparameters(model.arch):
+        value = model[key]
+        if key in _OPTIONAL_INTS and value == UNSET:
+            value = None
+        kwargs[key] = tuple(value) if isinstance(value, list) else value
+    return kwargs
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -40,12 +89,24 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.random_flip = True
     config.data.num_classes = 0  # > 0: class-conditional training with labels
 
-    config.model = ml_collections.ConfigDict()
-    config.model.name = "ddpm_cifar10"  # a diffjax.models config name
-    config.model.dropout = 0.1
-    config.model.dtype = "float32"  # "bfloat16": bf16 compute, float32 params
-    config.model.rescale_timesteps = False  # improved DDPM feeds t * 1000 / T
-    config.model.class_dropout = 0.1  # p_uncond of classifier-free guidance, when conditional
+    # The network. config.model.arch picks the class ("unet": diffjax.models.UNet, "mlp":
+    # MLPDenoiser) and the section holds every hyperparameter of that class under its field
+    # name, so each is a --config.model.KEY override (tuples as "(1,2,2)"). An experiment
+    # file fills the section from a named preset with set_model(config, NAME) (presets:
+    # diffjax.models.PRESETS); nothing records the preset's name, the fields are the truth.
+    # arch cannot be changed by an override alone (validate() finds the other network's
+    # keys): choose the network in the experiment file. Not keys, derived from the data:
+    # the output channels (data.channels, x2 when diffusion.var_type is learned or
+    # learned_range) and num_classes (data.num_classes).
+    # UNet keys: channels (base width), channel_mult, num_res_blocks, attention_resolutions
+    # (feature-map heights in pixels), num_heads, num_head_channels (-1: unset, heads from
+    # num_heads), dropout, use_scale_shift_norm, resblock_updown, conv_resample,
+    # downsample_padding ("same" or "symmetric"), norm_groups, norm_eps.
+    # MLP keys: hidden, num_blocks, sinusoid_dim, dropout.
+    # Every network also has: dtype ("bfloat16": bf16 compute, float32 params),
+    # rescale_timesteps (improved DDPM feeds t * 1000 / T) and class_dropout (p_uncond of
+    # classifier-free guidance, when conditional).
+    set_model(config, "ddpm_cifar10")
 
     config.diffusion = ml_collections.ConfigDict()
     config.diffusion.schedule = "linear"
@@ -130,9 +191,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _one_of(config, "diffusion.loss_weighting", WEIGHTINGS)
     _one_of(config, "diffusion.timestep_sampler", TIMESTEP_SAMPLERS)
     _one_of(config, "sample.method", ("ddpm", "ddim"))
-    _one_of(config, "model.dtype", ("float32", "bfloat16"))
-    from diffjax.runtime.xla_cpu import check_fusions
-
+    _validate_model(config)
     try:
         check_fusions(config.runtime.xla_cpu_ynn_fusions)
     except ValueError as error:
@@ -156,8 +215,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(tr.warmup_steps >= 0, "train.warmup_steps", "must be non-negative")
     _require(0.0 <= tr.ema_decay < 1.0, "train.ema_decay", f"must be in [0, 1), got {tr.ema_decay}")
     _require(tr.grad_clip >= 0, "train.grad_clip", "must be non-negative (0 disables clipping)")
-    _require(0.0 <= config.model.dropout < 1.0, "model.dropout", "must be in [0, 1)")
-    _require(0.0 <= config.model.class_dropout < 1.0, "model.class_dropout", "must be in [0, 1)")
     _require(s.eta >= 0, "sample.eta", "must be non-negative")
     _require(s.seed >= 0, "sample.seed", "must be non-negative")
     _require(config.data.num_classes >= 0, "data.num_classes", "must be non-negative")
@@ -174,3 +231,86 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(config.eval.fid_image_size >= 75, "eval.fid_image_size", "Inception-v3 needs at least 75 (299 for FID)")
     _require(config.eval.fid_batch_size > 0, "eval.fid_batch_size", "must be positive")
     _require(config.eval.fid_reference_examples >= 0, "eval.fid_reference_examples", "must be non-negative")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int_at_least(config: ml_collections.ConfigDict, key: str, low: int) -> None:
+    group, name = key.split(".")
+    value = config[group][name]
+    _require(_is_int(value) and value >= low, key, f"must be an integer >= {low}, got {value!r}")
+
+
+def _validate_model(config: ml_collections.ConfigDict) -> None:
+    """``config.model``: the network ``arch`` names, with exactly its keys and sound values."""
+    m = config.model
+    _one_of(config, "model.arch", NETWORKS)
+    expected = {"arch", *MODEL_COMMON_KEYS, *hyperparameters(m.arch)}
+    present = set(m.keys())
+    if present != expected:
+        missing, foreign = sorted(expected - present), sorted(present - expected)
+        what = f"lacks the {m.arch}'s keys {missing}" if missing else f"has keys the {m.arch} does not: {foreign}"
+        raise ConfigError(
+            f"config.model.arch: {m.arch!r} is not the network config.model describes (it {what}); the network "
+            f"is chosen in the experiment file with set_model(config, PRESET), PRESET one of {sorted(PRESETS)}"
+        )
+    _one_of(config, "model.dtype", ("float32", "bfloat16"))
+    _require(0.0 <= m.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {m.dropout!r}")
+    _require(0.0 <= m.class_dropout < 1.0, "model.class_dropout", f"must be in [0, 1), got {m.class_dropout!r}")
+    toy = config.data.name in TOY_NAMES
+    if m.arch == "mlp":
+        _require(toy, "model.arch", f"the mlp denoises vectors (the 2-D toys {list(TOY_NAMES)}); "
+                 f"image data {config.data.name!r} need the unet")
+        _int_at_least(config, "model.hidden", 1)
+        _int_at_least(config, "model.num_blocks", 0)
+        _int_at_least(config, "model.sinusoid_dim", 1)
+    else:
+        _require(not toy, "model.arch", f"{m.arch!r} denoises images; the 2-D toy {config.data.name!r} "
+                 "needs the mlp (set_model(config, 'toy2d'))")
+        _validate_unet(config)
+
+
+def _validate_unet(config: ml_collections.ConfigDict) -> None:
+    m, size = config.model, config.data.image_size
+    _int_at_least(config, "model.channels", 1)
+    mult = m.channel_mult
+    _require(isinstance(mult, tuple) and len(mult) > 0 and all(_is_int(x) and x > 0 for x in mult),
+             "model.channel_mult", f"must be a non-empty tuple of positive integers such as (1,2,2,2), got {mult!r}")
+    _int_at_least(config, "model.num_res_blocks", 0)
+    _require(_is_int(size) and size > 0, "data.image_size", f"must be a positive integer for the unet, got {size!r}")
+    factor = 2 ** (len(mult) - 1)
+    _require(size % factor == 0, "data.image_size",
+             f"{size} is not divisible by {factor}, the downsampling of the {len(mult)} levels of model.channel_mult")
+    heights = [size // 2**level for level in range(len(mult))]
+    attention = m.attention_resolutions
+    _require(isinstance(attention, tuple) and all(_is_int(r) for r in attention), "model.attention_resolutions",
+             f"must be a tuple of feature-map heights in pixels such as (16,), got {attention!r}")
+    stray = sorted(set(attention) - set(heights))
+    _require(not stray, "model.attention_resolutions",
+             f"{stray} are not feature-map sizes of this UNet: its maps are {heights} pixels high "
+             f"(data.image_size {size}, {len(mult)} levels of model.channel_mult)")
+    _int_at_least(config, "model.num_heads", 1)
+    _require(m.num_head_channels == UNSET or (_is_int(m.num_head_channels) and m.num_head_channels > 0),
+             "model.num_head_channels", f"must be a positive integer or {UNSET} (unset: heads from model.num_heads), "
+             f"got {m.num_head_channels!r}")
+    # Attention runs at the chosen heights and in the middle block (the last level's width).
+    widths = sorted({m.channels * mult[level] for level, h in enumerate(heights) if h in attention}
+                    | {m.channels * mult[-1]})
+    if m.num_head_channels == UNSET:
+        bad = [w for w in widths if w % m.num_heads]
+        _require(not bad, "model.num_heads", f"{m.num_heads} heads do not divide the attention widths {bad} "
+                 "(model.channels x model.channel_mult)")
+    else:
+        bad = [w for w in widths if w % m.num_head_channels]
+        _require(not bad, "model.num_head_channels", f"{m.num_head_channels} does not divide the attention "
+                 f"widths {bad} (model.channels x model.channel_mult)")
+    for key in ("use_scale_shift_norm", "resblock_updown", "conv_resample"):
+        _require(isinstance(m[key], bool), f"model.{key}", f"must be True or False, got {m[key]!r}")
+    _one_of(config, "model.downsample_padding", DOWNSAMPLE_PADDINGS)
+    _int_at_least(config, "model.norm_groups", 1)
+    # Every GroupNorm sees a sum of multiples of model.channels.
+    _require(m.channels % m.norm_groups == 0, "model.norm_groups",
+             f"{m.norm_groups} groups do not divide model.channels = {m.channels}")
+    _require(m.norm_eps > 0, "model.norm_eps", f"must be positive, got {m.norm_eps!r}")

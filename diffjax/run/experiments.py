@@ -1,4 +1,9 @@
-"""Loading experiment files (``experiments/NAME.py``) by path or by name."""
+"""Experiment files (``experiments/NAME.py``): loading one by path or name, and its recipe.
+
+An experiment file defines ``get_config(arg)`` and, only where the default recipe
+(``diffjax.run.recipes.default_recipe``: the network of ``config.model`` on the data of
+``config.data``) does not fit, ``build(config)`` returning its ``Recipe``.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,12 @@ import importlib.util
 import os
 from types import ModuleType
 
-__all__ = ["load_experiment"]
+import ml_collections
+
+from diffjax.run.recipes import default_recipe
+from diffjax.runtime.recipe import Recipe
+
+__all__ = ["build_recipe", "load_experiment"]
 
 EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "experiments")
 
@@ -25,3 +35,10 @@ def load_experiment(path_or_name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def build_recipe(experiment: ModuleType, config: ml_collections.ConfigDict) -> Recipe:
+    """The recipe of ``experiment`` (a module from ``load_experiment``) for ``config``: its
+    ``build(config)`` if it has one, else ``default_recipe(config)``."""
+    build = getattr(experiment, "build", None)
+    return default_recipe(config) if build is None else build(config)

@@ -1,17 +1,27 @@
-"""Recipes from a config: what an experiment hands the trainer (``diffjax.runtime.recipe``)."""
+"""Recipes from a config: what an experiment hands the trainer (``diffjax.runtime.recipe``).
+
+``default_recipe(config)`` is the recipe of every experiment file without a ``build``: the
+network of ``config.model`` on the data of ``config.data`` (a 2-D toy or an image set).
+"""
 
 from __future__ import annotations
 
 import flax.linen as nn
+import jax.numpy as jnp
 import ml_collections
 
+from diffjax.data.pictures import save_image_grid, save_scatter
+from diffjax.data.toy2d import TOY_NAMES, make_toy_iterator
+from diffjax.data.toy2d import sample as sample_toy
 from diffjax.diffusion.gaussian import DiffusionSpec
 from diffjax.diffusion.losses import Objective
 from diffjax.diffusion.schedules import named_schedule
 from diffjax.diffusion.timesteps import make_timestep_sampler
+from diffjax.models.configs import make_network
+from diffjax.run.config import network_hyperparameters
 from diffjax.runtime.recipe import Diffusion, Recipe
 
-__all__ = ["diffusion_from_config", "image_recipe", "toy_recipe", "unet_from_config"]
+__all__ = ["default_recipe", "diffusion_from_config", "image_recipe", "network_from_config", "toy_recipe"]
 
 
 def diffusion_from_config(diffusion_config: ml_collections.ConfigDict) -> Diffusion:
@@ -32,12 +42,11 @@ def image_recipe(config: ml_collections.ConfigDict, model: nn.Module) -> Recipe:
     Building it reads no data (``--dry_run`` needs none); ``train_batches`` opens the
     data set and fails at once, with what to do, when it is not prepared.
     """
-    from diffjax.data.pictures import save_image_grid
-
     data = config.data
 
     def train_batches(start_step: int):
-        from diffjax.data import make_train_iterator  # imports TensorFlow: only when data is read
+        # diffjax.data.images imports TensorFlow (about 7 s): only when data is read, not for --dry_run.
+        from diffjax.data.images import make_train_iterator
 
         return make_train_iterator(
             data.name,
@@ -50,7 +59,7 @@ def image_recipe(config: ml_collections.ConfigDict, model: nn.Module) -> Recipe:
         )
 
     def eval_batches():
-        from diffjax.data import make_eval_batches
+        from diffjax.data.images import make_eval_batches  # TensorFlow, as above
 
         return make_eval_batches(
             data.name, batch_size=config.eval.batch_size, split=config.eval.split or None,
@@ -73,10 +82,6 @@ def image_recipe(config: ml_collections.ConfigDict, model: nn.Module) -> Recipe:
 def toy_recipe(config: ml_collections.ConfigDict, model: nn.Module) -> Recipe:
     """The recipe of a 2-D toy experiment: numpy samples of ``config.data.name``, scatter
     plots of samples over data."""
-    from diffjax.data import make_toy_iterator
-    from diffjax.data import sample as sample_toy
-    from diffjax.data.pictures import save_scatter
-
     name = config.data.name
     reference = sample_toy(name, 2000, seed=config.train.seed + 1)  # unknown names fail here
 
@@ -98,18 +103,25 @@ def toy_recipe(config: ml_collections.ConfigDict, model: nn.Module) -> Recipe:
     )
 
 
-def unet_from_config(config: ml_collections.ConfigDict) -> nn.Module:
-    """The named UNet of ``config.model.name`` with the run's dropout, dtype, classes and
-    output channels (2C when ``config.diffusion.var_type`` is learned)."""
-    import jax.numpy as jnp
-
-    from diffjax.models import make_unet
-
+def network_from_config(config: ml_collections.ConfigDict) -> nn.Module:
+    """The network of ``config.model``: the class ``config.model.arch`` names, built from the
+    section's hyperparameters, its dtype, ``num_classes`` from ``config.data`` and the output
+    width the data and the diffusion imply (C, or 2C when ``config.diffusion.var_type`` is
+    learned or learned_range)."""
     spec = DiffusionSpec(config.diffusion.mean_type, config.diffusion.var_type)
-    return make_unet(
-        config.model.name,
-        dropout=config.model.dropout,
+    return make_network(
+        config.model.arch,
         out_channels=spec.output_channels(config.data.channels),
         num_classes=config.data.num_classes or None,
         dtype=jnp.dtype(config.model.dtype),
+        **network_hyperparameters(config.model),
     )
+
+
+def default_recipe(config: ml_collections.ConfigDict) -> Recipe:
+    """The recipe of an experiment file without ``build``: ``network_from_config`` on the
+    2-D toy (``toy_recipe``) or the image data set (``image_recipe``) of ``config.data.name``."""
+    model = network_from_config(config)
+    if config.data.name in TOY_NAMES:
+        return toy_recipe(config, model)
+    return image_recipe(config, model)
