@@ -3,8 +3,11 @@
 
 A case is a plain dict (it is passed to the worker processes as JSON):
 
-* ``experiment``: a file in ``experiments/`` (its ``get_config``/``build`` give the recipe);
-* ``overrides``: ``{"group.key": value}`` applied to that config (batch size, model...);
+* ``experiment``: a file in ``experiments/`` (its config and recipe, as ``launch.py``
+  builds them with ``diffjax.run.experiments``);
+* ``model_preset`` (optional): a network preset (``diffjax.models.PRESETS``) written into
+  that config's ``model`` section with ``set_model`` before the overrides;
+* ``overrides``: ``{"group.key": value}`` applied to that config (batch size, model keys...);
 * ``torch_unet``: keyword arguments of ``diffusers.UNet2DModel`` with the same layers and
   (for DDPM CIFAR-10 and digits, checked at run time) the same parameter count.
 
@@ -73,7 +76,8 @@ def cases(quick: bool) -> dict[str, dict[str, Any]]:
         large = dict(
             label="tiny UNet (quick), batch 8, 8x8x3",
             experiment="ddpm_cifar10",
-            overrides={"train.batch_size": 8, "model.name": "tiny", "data.image_size": 8},
+            model_preset="tiny",
+            overrides={"train.batch_size": 8, "data.image_size": 8},
             torch_unet=TINY_TORCH,
         )
         small = dict(
@@ -99,11 +103,16 @@ def cases(quick: bool) -> dict[str, dict[str, Any]]:
 
 
 def build_config(case: dict[str, Any]):
-    """The experiment's locked config with the case's overrides."""
-    from common import load_experiment
+    """The experiment (module) and its locked config with the case's preset and overrides."""
+    # Here, not at the top: diffjax imports JAX, and the workers import this module before
+    # pin_threads has set the thread counts that JAX reads when it starts.
+    from diffjax.run.config import set_model
+    from diffjax.run.experiments import load_experiment
 
     experiment = load_experiment(case["experiment"])
     config = experiment.get_config(None)
+    if case.get("model_preset"):
+        set_model(config, case["model_preset"])
     for key, value in case["overrides"].items():
         group, name = key.split(".")
         config[group][name] = value

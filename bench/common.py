@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from cases import build_config
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
@@ -76,24 +78,12 @@ def write_result(path: str, result: dict[str, Any]) -> None:
         json.dump(result, f, indent=2, default=float)
 
 
-def load_experiment(name: str):
-    """Import ``experiments/NAME.py`` as a module."""
-    import importlib.util
-
-    path = os.path.join(REPO, "experiments", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"bench_experiment_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def use_case_fusions(case_json: str | None) -> str:
     """XLA:CPU's fusions as ``launch.py`` sets them for the case's experiment config
     (``config.runtime.xla_cpu_ynn_fusions``); call before JAX starts. Returns the choice."""
     if not case_json:
         return "xla_default"
-    from cases import build_config
-
+    # Here, not at the top: importing diffjax imports JAX, which must come after pin_threads.
     from diffjax.runtime.xla_cpu import use_cpu_fusions
 
     _, config = build_config(json.loads(case_json))

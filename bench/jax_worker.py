@@ -16,23 +16,27 @@ persistent compilation cache in ``--cache-dir`` (run it twice for cold and warm)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cases import build_config  # noqa: E402
 from common import peak_rss_mib, pin_threads, summarize, time_reps, use_case_fusions, write_result  # noqa: E402
+
+# NumPy, JAX and diffjax are imported inside the functions: pin_threads (in main) must set
+# the thread counts before OpenBLAS and XLA start, which they do when first imported.
 
 
 def _recipe(case):
-    import dataclasses
-
     import numpy as np
-    from cases import build_config
+
+    from diffjax.run.experiments import build_recipe
 
     experiment, config = build_config(case)
-    recipe = experiment.build(config)
+    recipe = build_recipe(experiment, config)
     batch_size = config.train.batch_size
 
     def synthetic_batches(start_step: int):

@@ -24,6 +24,7 @@ Writes ``bench/profile.json`` and prints a table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -33,7 +34,13 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import cases as cases_lib  # noqa: E402
 from common import REPO, peak_rss_mib, pin_threads, summarize, time_reps, use_case_fusions, write_result  # noqa: E402
+from jax_worker import _cost, _hyper, _recipe  # noqa: E402
+from torch_worker import build_train_step  # noqa: E402
+
+# JAX, torch and the workers' modules are imported inside the functions: pin_threads (in
+# main) must set the thread counts before XLA, OpenMP and OpenBLAS start.
 
 # ----------------------------------------------------------------------------- diffjax side
 
@@ -67,12 +74,9 @@ def _einsum_attention(q, k, v, *args, **kwargs):
 
 
 def jax_side(args) -> dict:
-    import dataclasses
-
     import jax
     import jax.numpy as jnp
     import optax
-    from jax_worker import _cost, _recipe
 
     import diffjax.train.step as step_module
     from diffjax.diffusion.gaussian import q_sample
@@ -241,7 +245,6 @@ def jax_layers(args) -> dict:
 
 def torch_side(args) -> dict:
     import torch
-    from torch_worker import build_train_step
 
     torch.set_num_threads(args.threads)
     case, hyper = json.loads(args.case), json.loads(args.hyper)
@@ -335,8 +338,6 @@ def main() -> None:
         write_result(args.out, result)
         return
 
-    import cases as cases_lib
-
     case = cases_lib.cases(args.quick)["large"]
     loadavg = os.getloadavg()
     print(f"profiling the train step of {case['label']}, {args.threads} threads, load average {loadavg[0]:.2f}", flush=True)
@@ -352,10 +353,7 @@ def main() -> None:
 
 
 def _hyper_of(case: dict) -> dict:
-    from cases import build_config
-    from jax_worker import _hyper
-
-    _, config = build_config(case)
+    _, config = cases_lib.build_config(case)
     return _hyper(config)
 
 

@@ -32,6 +32,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -62,8 +63,6 @@ def _busy_seconds() -> float:
 
 
 def _own_cpu_seconds() -> float:
-    import resource
-
     total = 0.0
     for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
         usage = resource.getrusage(who)

@@ -21,6 +21,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import peak_rss_mib, pin_threads, summarize, time_reps, write_result  # noqa: E402
 
+# torch and diffusers are imported inside the functions: pin_threads (in main) must set the
+# thread counts before torch's OpenMP pool starts.
+
 
 def _linear_alphas_cumprod(torch, timesteps: int):
     scale = 1000.0 / timesteps

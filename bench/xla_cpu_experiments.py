@@ -27,10 +27,16 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import cases as cases_lib  # noqa: E402
 from common import REPO, pin_threads, summarize, time_reps, write_result  # noqa: E402
+from jax_worker import _recipe  # noqa: E402
+
+# JAX and diffjax are imported inside the functions: the worker's pin_threads must set the
+# thread counts (and XLA_FLAGS is set per worker) before XLA starts.
 
 SETTINGS = {
     "default (YNNPACK)": "",
@@ -103,8 +109,6 @@ def worker(args) -> dict:
         out["convs"]["x".join(map(str, shape))] = entry
 
     if not args.skip_step:
-        from jax_worker import _recipe
-
         from diffjax.runtime.mesh import global_batch, make_mesh, replicated_sharding
         from diffjax.train.loop import make_init_fn
         from diffjax.train.optim import make_optimizer
@@ -115,8 +119,6 @@ def worker(args) -> dict:
         mesh = make_mesh(jax.devices()[:1])
         state = jax.jit(make_init_fn(recipe, config), out_shardings=replicated_sharding(mesh))(jax.random.PRNGKey(0))
         batch = global_batch(mesh, next(recipe.train_batches(0)))
-        import time
-
         start = time.perf_counter()
         step = make_train_step(recipe, make_optimizer(config.train), config.train.ema_decay, mesh).lower(state, batch).compile()
         out["step_compile_s"] = time.perf_counter() - start
@@ -146,8 +148,6 @@ def main() -> None:
         pin_threads(args.threads)
         write_result(args.out, worker(args))
         return
-
-    import cases as cases_lib
 
     case = cases_lib.cases(args.quick)["large"]
     results = {"case": case, "threads": args.threads, "loadavg_before": os.getloadavg(), "settings": {}}
