@@ -8,7 +8,8 @@
         --config.sample.num=5000 --config.sample.steps=ddim100 --config.sample.seed=1
 
 An experiment file defines ``get_config(arg)`` (a locked ml_collections ConfigDict; ``arg``
-is what follows ":" in --config) and ``build(config)`` (returns the ``Recipe``).
+is what follows ":" in --config) and, only where its recipe differs from the default one
+(``diffjax.run.recipes.default_recipe``), ``build(config)`` returning the ``Recipe``.
 Multi-host: on TPU pods and SLURM clusters JAX finds its peers by itself; elsewhere give
 --coordinator_address, --num_processes and --process_id to every process.
 

@@ -286,6 +286,7 @@ def test_reference_stats_are_cached_and_scorer_runs(tmp_path, expected_shapes):
 
 def test_evaluate_scores_fid_with_given_weights_and_fails_fast_without(tmp_path, expected_shapes):
     from diffjax.run.evaluate import evaluate
+    from diffjax.run.experiments import build_recipe
     from diffjax.run.scorers import sample_quality_kind, sample_scorer
     from tests.train_utils import load_experiment
 
@@ -313,4 +314,4 @@ def test_evaluate_scores_fid_with_given_weights_and_fails_fast_without(tmp_path,
     with config.unlocked():
         config.eval.fid_weights = str(tmp_path / "missing.pth")
     with pytest.raises(inc.FidWeightsNotFoundError, match="missing.pth"):
-        evaluate(config, str(tmp_path / "no_run"), experiment.build(config))
+        evaluate(config, str(tmp_path / "no_run"), build_recipe(experiment, config))
