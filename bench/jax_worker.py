@@ -111,13 +111,13 @@ def task_train(args) -> dict:
     result = {"case": case, "hyper": _hyper(config), "devices": [str(d) for d in jax.devices()]}
     mesh = make_mesh(jax.devices()[:1])
 
+    optimizer = make_optimizer(config.train)
     start = time.perf_counter()
-    init = jax.jit(make_init_fn(recipe, config), out_shardings=replicated_sharding(mesh))
+    init = jax.jit(make_init_fn(recipe, optimizer), out_shardings=replicated_sharding(mesh))
     state = jax.block_until_ready(init(jax.random.PRNGKey(config.train.seed)))
     result["init_s"] = time.perf_counter() - start
     result["params"] = count_params(state.params)
 
-    optimizer = make_optimizer(config.train)
     step_fn = make_train_step(recipe, optimizer, config.train.ema_decay, mesh)
     batches = recipe.train_batches(0)
     device_batches = [global_batch(mesh, next(batches)) for _ in range(4)]
@@ -209,18 +209,19 @@ def task_compile(args) -> dict:
     mesh = make_mesh(jax.devices()[:1])
     result = {"case": case, "import_and_build_s": time.perf_counter() - start_all}
 
+    optimizer = make_optimizer(config.train)
     start = time.perf_counter()
-    init = jax.jit(make_init_fn(recipe, config), out_shardings=replicated_sharding(mesh))
+    init = jax.jit(make_init_fn(recipe, optimizer), out_shardings=replicated_sharding(mesh))
     init.lower(jax.random.PRNGKey(0)).compile()
     result["init_compile_s"] = time.perf_counter() - start
 
-    abstract_state = abstract_train_state(recipe, config, mesh)
+    abstract_state = abstract_train_state(recipe, optimizer, mesh)
     b = config.train.batch_size
     abstract_batch = {
         "image": jax.ShapeDtypeStruct((b, *recipe.input_shape), jnp.float32, sharding=data_sharding(mesh)),
         "label": jax.ShapeDtypeStruct((b,), jnp.int32, sharding=data_sharding(mesh)),
     }
-    step_fn = make_train_step(recipe, make_optimizer(config.train), config.train.ema_decay, mesh)
+    step_fn = make_train_step(recipe, optimizer, config.train.ema_decay, mesh)
     start = time.perf_counter()
     lowered = step_fn.lower(abstract_state, abstract_batch)
     result["step_lower_s"] = time.perf_counter() - start

@@ -97,11 +97,11 @@ def jax_side(args) -> dict:
         compiled = jax.jit(fn).lower(*fn_args).compile() if not hasattr(fn, "lower") else fn.lower(*fn_args).compile()
         return compiled, time.perf_counter() - start
 
-    init_fn = make_init_fn(recipe, config)
+    optimizer = make_optimizer(config.train)
+    init_fn = make_init_fn(recipe, optimizer)
     init_jit = jax.jit(init_fn, out_shardings=replicated_sharding(mesh))
     init_c, out["compile"]["init_s"] = compile_timed(init_jit, jax.random.PRNGKey(0))
     state = init_c(jax.random.PRNGKey(0))
-    optimizer = make_optimizer(config.train)
     batch = global_batch(mesh, next(recipe.train_batches(0)))
     schedule = recipe.diffusion.schedule
 

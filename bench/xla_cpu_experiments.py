@@ -117,7 +117,7 @@ def worker(args) -> dict:
         case = json.loads(args.case)
         config, recipe = _recipe(case)
         mesh = make_mesh(jax.devices()[:1])
-        state = jax.jit(make_init_fn(recipe, config), out_shardings=replicated_sharding(mesh))(jax.random.PRNGKey(0))
+        state = jax.jit(make_init_fn(recipe, make_optimizer(config.train)), out_shardings=replicated_sharding(mesh))(jax.random.PRNGKey(0))
         batch = global_batch(mesh, next(recipe.train_batches(0)))
         start = time.perf_counter()
         step = make_train_step(recipe, make_optimizer(config.train), config.train.ema_decay, mesh).lower(state, batch).compile()

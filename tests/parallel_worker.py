@@ -40,9 +40,10 @@ def main():
     recipe = toy_recipe(config)
     devices = jax.devices()[: args.devices] if args.devices else None
     mesh = parallel.make_mesh(devices)
-    init = jax.jit(make_init_fn(recipe, config), out_shardings=parallel.replicated_sharding(mesh))
+    optimizer = make_optimizer(config.train)
+    init = jax.jit(make_init_fn(recipe, optimizer), out_shardings=parallel.replicated_sharding(mesh))
     state = init(jax.random.PRNGKey(0))
-    step_fn = make_train_step(recipe, make_optimizer(config.train), config.train.ema_decay, mesh)
+    step_fn = make_train_step(recipe, optimizer, config.train.ema_decay, mesh)
     batches = recipe.train_batches(0)
     losses = []
     for _ in range(args.steps):

@@ -21,6 +21,7 @@ from diffjax.run.evaluate import evaluate, sampling_step_list
 from diffjax.run.sample import generate
 from diffjax.runtime.checkpoint import Checkpointer
 from diffjax.train.loop import make_init_fn
+from diffjax.train.optim import make_optimizer
 from tests.train_utils import toy_config, toy_recipe
 
 # ------------------------------------------------------------------ Fréchet distance
@@ -100,7 +101,7 @@ def toy_setup():
     config = toy_config()
     config.diffusion.timesteps = 20
     recipe = toy_recipe(config)
-    state = jax.jit(make_init_fn(recipe, config))(jax.random.PRNGKey(0))
+    state = jax.jit(make_init_fn(recipe, make_optimizer(config.train)))(jax.random.PRNGKey(0))
     points = np.random.default_rng(0).normal(size=(10, 2)) * 0.4
     data = (np.round((np.clip(points, -1, 1) + 1) * 127.5) / 127.5 - 1).astype(np.float32)
     return config, recipe, state, data, BoundEvaluator(recipe)

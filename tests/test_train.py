@@ -23,7 +23,7 @@ def setup():
     config = toy_config()
     recipe = toy_recipe(config)
     mesh = parallel.make_mesh()
-    init = jax.jit(make_init_fn(recipe, config), out_shardings=parallel.replicated_sharding(mesh))
+    init = jax.jit(make_init_fn(recipe, make_optimizer(config.train)), out_shardings=parallel.replicated_sharding(mesh))
     return config, recipe, mesh, init
 
 
@@ -72,7 +72,7 @@ def test_nan_batch_leaves_the_state_unchanged(setup):
 
 def _final_params(workdir, config, recipe):
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
-    state = checkpointer.restore(abstract_train_state(recipe, config))
+    state = checkpointer.restore(abstract_train_state(recipe, make_optimizer(config.train)))
     checkpointer.close()
     return int(state.step), flat_params(state.params), flat_params(state.ema_params)
 

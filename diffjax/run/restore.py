@@ -10,6 +10,7 @@ import ml_collections
 from diffjax.runtime.checkpoint import Checkpointer
 from diffjax.runtime.recipe import Recipe
 from diffjax.train.loop import abstract_train_state
+from diffjax.train.optim import make_optimizer
 
 __all__ = ["chosen_params", "restore_train_state"]
 
@@ -25,7 +26,7 @@ def restore_train_state(config: ml_collections.ConfigDict, workdir: str, recipe:
     """
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
     try:
-        return checkpointer.restore(abstract_train_state(recipe, config, mesh), step)
+        return checkpointer.restore(abstract_train_state(recipe, make_optimizer(config.train), mesh), step)
     finally:
         checkpointer.close()
 

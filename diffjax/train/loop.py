@@ -9,6 +9,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+import optax
 from etils import epath
 from jax.experimental import multihost_utils
 from tqdm import tqdm
@@ -31,9 +32,8 @@ class NonFiniteLossError(UserError, FloatingPointError):
     """The loss or gradient became NaN/inf; the state and checkpoints before it are intact."""
 
 
-def make_init_fn(recipe: Recipe, config: ml_collections.ConfigDict):
-    """``init(rng) -> TrainState`` for the recipe (pure; jit it with output shardings)."""
-    optimizer = make_optimizer(config.train)
+def make_init_fn(recipe: Recipe, optimizer: optax.GradientTransformation):
+    """``init(rng) -> TrainState`` for the recipe and optimiser (pure; jit it with output shardings)."""
 
     def init(rng):
         params = init_params(recipe.model, jax.random.fold_in(rng, 0), recipe.input_shape)
@@ -42,9 +42,9 @@ def make_init_fn(recipe: Recipe, config: ml_collections.ConfigDict):
     return init
 
 
-def abstract_train_state(recipe: Recipe, config: ml_collections.ConfigDict, mesh=None) -> TrainState:
+def abstract_train_state(recipe: Recipe, optimizer: optax.GradientTransformation, mesh=None) -> TrainState:
     """Shapes, dtypes (and shardings when ``mesh`` is given) of the state, without compute."""
-    abstract = jax.eval_shape(make_init_fn(recipe, config), jax.random.PRNGKey(0))
+    abstract = jax.eval_shape(make_init_fn(recipe, optimizer), jax.random.PRNGKey(0))
     if mesh is None:
         return abstract
     sharding = replicated_sharding(mesh)
@@ -106,7 +106,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, recipe: 
     )
     state = None
     if checkpointer.latest_step() is not None:  # the newest readable one; damaged ones are skipped, named
-        state = checkpointer.restore_latest(abstract_train_state(recipe, config, mesh)).state
+        state = checkpointer.restore_latest(abstract_train_state(recipe, optimizer, mesh)).state
     start_step = 0 if state is None else int(state.step)
     if start_step >= train.num_steps:
         checkpointer.close()
@@ -116,7 +116,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, recipe: 
         return state
     batches = recipe.train_batches(start_step)  # a missing data set fails here, before anything compiles
     if state is None:
-        init = jax.jit(make_init_fn(recipe, config), out_shardings=replicated_sharding(mesh))
+        init = jax.jit(make_init_fn(recipe, optimizer), out_shardings=replicated_sharding(mesh))
         state = init(jax.random.PRNGKey(train.seed))
 
     step_fn = make_train_step(recipe, optimizer, train.ema_decay, mesh)
