@@ -6,7 +6,7 @@ import chex
 import flax.linen as nn
 import jax.numpy as jnp
 
-from diffjax.models.embeddings import TimestepEmbedding
+from diffjax.models.embeddings import conditioning_embedding
 from diffjax.models.layers import dense
 
 __all__ = ["MLPDenoiser"]
@@ -54,16 +54,8 @@ class MLPDenoiser(nn.Module):
         chex.assert_rank(x, 2)
         batch = x.shape[0]
         chex.assert_shape(t, (batch,))
-        emb = TimestepEmbedding(self.sinusoid_dim, self.hidden, dtype=self.dtype, name="time_embed")(t)
-        if self.num_classes is not None:
-            if labels is None:
-                raise ValueError("class-conditional MLPDenoiser needs labels")
-            chex.assert_shape(labels, (batch,))
-            emb = emb + nn.Embed(
-                self.num_classes + 1, self.hidden, dtype=self.dtype, param_dtype=jnp.float32, name="label_embed"
-            )(labels)
-        elif labels is not None:
-            raise ValueError("labels given to an unconditional MLPDenoiser (num_classes is None)")
+        emb = conditioning_embedding(t, labels, num_classes=self.num_classes, sinusoid_dim=self.sinusoid_dim,
+                                     features=self.hidden, dtype=self.dtype, network="MLPDenoiser")
 
         h = dense(self.hidden, dtype=self.dtype, name="dense_in")(x.astype(self.dtype))
         for i in range(self.num_blocks):

@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from diffjax.models.blocks import AttentionBlock, ResBlock
-from diffjax.models.embeddings import TimestepEmbedding
+from diffjax.models.embeddings import conditioning_embedding
 from diffjax.models.layers import DOWNSAMPLE_PADDINGS, Downsample, Upsample, conv3x3, group_norm
 
 __all__ = ["UNet"]
@@ -90,27 +90,17 @@ class UNet(nn.Module):
                 f"this model's feature maps have heights {sorted(sizes)}"
             )
 
+    def _block_options(self) -> dict:
+        """What every res and attention block shares: its GroupNorm and dtype."""
+        return dict(norm_groups=self.norm_groups, norm_eps=self.norm_eps, dtype=self.dtype)
+
     def _res_block(self, out_channels: int, name: str, **kwargs) -> ResBlock:
-        return ResBlock(
-            out_channels,
-            dropout=self.dropout,
-            use_scale_shift_norm=self.use_scale_shift_norm,
-            norm_groups=self.norm_groups,
-            norm_eps=self.norm_eps,
-            dtype=self.dtype,
-            name=name,
-            **kwargs,
-        )
+        return ResBlock(out_channels, dropout=self.dropout, use_scale_shift_norm=self.use_scale_shift_norm, name=name,
+                        **self._block_options(), **kwargs)
 
     def _attention(self, name: str) -> AttentionBlock:
-        return AttentionBlock(
-            num_heads=self.num_heads,
-            num_head_channels=self.num_head_channels,
-            norm_groups=self.norm_groups,
-            norm_eps=self.norm_eps,
-            dtype=self.dtype,
-            name=name,
-        )
+        return AttentionBlock(num_heads=self.num_heads, num_head_channels=self.num_head_channels, name=name,
+                              **self._block_options())
 
     @nn.compact
     def __call__(
@@ -138,16 +128,8 @@ class UNet(nn.Module):
         batch = x.shape[0]
         chex.assert_shape(t, (batch,))
         ch = self.channels
-        emb = TimestepEmbedding(ch, 4 * ch, dtype=self.dtype, name="time_embed")(t)
-        if self.num_classes is not None:
-            if labels is None:
-                raise ValueError("class-conditional UNet needs labels (use num_classes for the null class)")
-            chex.assert_shape(labels, (batch,))
-            emb = emb + nn.Embed(
-                self.num_classes + 1, 4 * ch, dtype=self.dtype, param_dtype=jnp.float32, name="label_embed"
-            )(labels)
-        elif labels is not None:
-            raise ValueError("labels given to an unconditional UNet (num_classes is None)")
+        emb = conditioning_embedding(t, labels, num_classes=self.num_classes, sinusoid_dim=ch, features=4 * ch,
+                                     dtype=self.dtype, network="UNet")
 
         h = conv3x3(ch, dtype=self.dtype, name="conv_in")(x.astype(self.dtype))
         skips = [h]
