@@ -3,7 +3,8 @@
 The pure diffusion math (``diffjax.diffusion``) is importable from the top level:
 
 * ``schedules``: beta schedules, the float32 ``Schedule`` tables, respacing.
-* ``gaussian``: q(x_t | x_0), the posterior, eps/x_0/v conversions, ``p_mean_variance``.
+* ``parameterization``: ``DiffusionSpec``, how a denoiser's output is read, eps/x_0/v conversions.
+* ``gaussian``: q(x_t | x_0), the posterior, ``p_mean_variance``.
 * ``losses``: Gaussian KL, the discretised decoder, VLB terms, training objectives.
 * ``timesteps``: uniform and loss-aware importance sampling of t.
 * ``samplers``: DDPM ancestral and DDIM in ``lax.scan``, classifier-free guidance.
@@ -16,19 +17,8 @@ is read. Networks live in ``diffjax.models``, data in ``diffjax.data``, training
 ``diffjax.run``; ``docs/architecture.md`` draws the layers. Import those explicitly.
 """
 
-from diffjax.diffusion import gaussian, likelihood, losses, samplers, schedules, timesteps
-from diffjax.diffusion.gaussian import (
-    DiffusionSpec,
-    p_mean_variance,
-    predict_eps_from_v,
-    predict_eps_from_x0,
-    predict_v,
-    predict_x0_from_eps,
-    predict_x0_from_v,
-    q_mean_variance,
-    q_posterior_mean_variance,
-    q_sample,
-)
+from diffjax.diffusion import gaussian, likelihood, losses, parameterization, samplers, schedules, timesteps
+from diffjax.diffusion.gaussian import p_mean_variance, q_mean_variance, q_posterior_mean_variance, q_sample
 from diffjax.diffusion.likelihood import bpd
 from diffjax.diffusion.losses import (
     Objective,
@@ -37,6 +27,16 @@ from diffjax.diffusion.losses import (
     prior_bpd,
     training_losses,
     vb_terms_bpd,
+)
+from diffjax.diffusion.parameterization import (
+    DiffusionSpec,
+    Prediction,
+    predict_eps_from_v,
+    predict_eps_from_x0,
+    predict_v,
+    predict_x0_from_eps,
+    predict_x0_from_v,
+    read_output,
 )
 from diffjax.diffusion.samplers import classifier_free_guidance, ddim_step, ddpm_step, sample
 from diffjax.diffusion.schedules import (
@@ -68,6 +68,8 @@ __all__ = [
     "normal_kl",
     "Objective",
     "p_mean_variance",
+    "parameterization",
+    "Prediction",
     "predict_eps_from_v",
     "predict_eps_from_x0",
     "predict_v",
@@ -77,6 +79,7 @@ __all__ = [
     "q_mean_variance",
     "q_posterior_mean_variance",
     "q_sample",
+    "read_output",
     "respace",
     "sample",
     "samplers",

@@ -1,7 +1,8 @@
 """The diffusion math: pure functions of arrays and schedule pytrees, never of a config.
 
 * ``schedules``: beta schedules, the float32 ``Schedule`` tables, respacing.
-* ``gaussian``: q(x_t | x_0), the posterior, eps/x_0/v conversions, ``p_mean_variance``.
+* ``parameterization``: ``DiffusionSpec``, how a denoiser's output is read, eps/x_0/v conversions.
+* ``gaussian``: q(x_t | x_0), the posterior, ``p_mean_variance``.
 * ``losses``: Gaussian KL, the discretised decoder, VLB terms, training objectives.
 * ``timesteps``: uniform and loss-aware importance sampling of t.
 * ``samplers``: DDPM ancestral and DDIM in ``lax.scan``, classifier-free guidance.

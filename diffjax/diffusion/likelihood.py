@@ -16,8 +16,9 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from diffjax.diffusion.gaussian import DiffusionSpec, q_sample
+from diffjax.diffusion.gaussian import q_sample
 from diffjax.diffusion.losses import mean_flat, prior_bpd, vb_terms_bpd
+from diffjax.diffusion.parameterization import DiffusionSpec
 from diffjax.diffusion.samplers import Denoiser
 from diffjax.diffusion.schedules import Schedule
 

@@ -29,7 +29,14 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from diffjax.diffusion.gaussian import DiffusionSpec, p_mean_variance, predict_v, q_posterior_mean_variance
+from diffjax.diffusion.gaussian import p_mean_variance, q_posterior_mean_variance
+from diffjax.diffusion.parameterization import (
+    DiffusionSpec,
+    join_output,
+    mse_ratio_to_x0,
+    prediction_target,
+    split_output,
+)
 from diffjax.diffusion.schedules import Schedule
 
 __all__ = [
@@ -214,26 +221,14 @@ class Objective:
             raise ValueError(f"snr_gamma must be positive, got {self.snr_gamma}")
 
 
-def _mse_target(spec: DiffusionSpec, schedule: Schedule, x0, t, noise) -> jax.Array:
-    if spec.mean_type == "eps":
-        return noise
-    if spec.mean_type == "x0":
-        return x0
-    return predict_v(schedule, x0, t, noise)
-
-
 def _mse_weight(spec: DiffusionSpec, objective: Objective, schedule: Schedule, t) -> jax.Array:
     """Per-example weight [B] on the MSE of the mean prediction."""
     if objective.weighting == "none":
         return jnp.ones(t.shape, jnp.float32)
     snr = schedule.alphas_cumprod[t] / jnp.square(schedule.sqrt_one_minus_alphas_cumprod[t])
-    # x_0-MSE weight w_x0; an eps-MSE is w_x0/SNR of it, a v-MSE w_x0/(SNR+1).
+    # The weight w_x0 of an x_0 MSE, carried over to the MSE of the spec's mean part.
     w_x0 = jnp.minimum(snr, objective.snr_gamma) if objective.weighting == "min_snr" else snr
-    if spec.mean_type == "eps":
-        return w_x0 / snr
-    if spec.mean_type == "x0":
-        return w_x0
-    return w_x0 / (snr + 1.0)
+    return w_x0 / mse_ratio_to_x0(spec, snr)
 
 
 def training_losses(
@@ -272,16 +267,15 @@ def training_losses(
         terms["loss"] = terms["vb"] * (num_timesteps if objective.rescale_vlb else 1.0)
         return terms
 
-    prediction, var_values = jnp.split(output, 2, axis=-1) if spec.learns_variance else (output, None)
-    target = _mse_target(spec, schedule, x0, t, noise)
-    chex.assert_equal_shape([prediction, target])
+    prediction, var_part = split_output(spec, output, x_t.shape)
+    target = prediction_target(spec, schedule, x0, t, noise)
     terms["mse"] = mean_flat(jnp.square(target - prediction))
     terms["loss"] = _mse_weight(spec, objective, schedule, t) * terms["mse"]
-    if spec.learns_variance or objective.name == "hybrid":
-        if not spec.learns_variance:
+    if var_part is not None or objective.name == "hybrid":
+        if var_part is None:
             raise ValueError("the hybrid objective needs a learned variance (var_type learned or learned_range)")
         # The VLB term trains only the variance: the mean prediction is frozen in it.
-        frozen = jnp.concatenate([jax.lax.stop_gradient(prediction), var_values], axis=-1)
+        frozen = join_output(jax.lax.stop_gradient(prediction), var_part)
         terms["vb"] = vb_terms_bpd(spec, schedule, frozen, x0, x_t, t)["vb"]
         vb_weight = num_timesteps / 1000.0 if objective.rescale_vlb else 1.0
         terms["loss"] = terms["loss"] + vb_weight * terms["vb"]

@@ -26,8 +26,9 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from diffjax.diffusion.gaussian import DiffusionSpec, at, p_mean_variance
-from diffjax.diffusion.schedules import Schedule
+from diffjax.diffusion.gaussian import p_mean_variance
+from diffjax.diffusion.parameterization import DiffusionSpec, read_output
+from diffjax.diffusion.schedules import Schedule, at
 
 __all__ = [
     "Denoiser",
@@ -57,15 +58,8 @@ def _standard_normal_draw(key: jax.Array | None, noise: jax.Array | None, x_t: j
 
 
 def ddpm_step(
-    spec: DiffusionSpec,
-    schedule: Schedule,
-    output: jax.Array,
-    x_t: jax.Array,
-    t: jax.Array,
-    key: jax.Array | None,
-    clip_denoised: bool = True,
-    *,
-    noise: jax.Array | None = None,
+    spec: DiffusionSpec, schedule: Schedule, output: jax.Array, x_t: jax.Array, t: jax.Array, key: jax.Array | None,
+    clip_denoised: bool = True, *, noise: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Ancestral step x_{t-1} = mu_theta + exp(log Sigma_theta / 2) z (DDPM Algorithm 2).
 
@@ -82,16 +76,8 @@ def ddpm_step(
 
 
 def ddim_step(
-    spec: DiffusionSpec,
-    schedule: Schedule,
-    output: jax.Array,
-    x_t: jax.Array,
-    t: jax.Array,
-    key: jax.Array | None,
-    clip_denoised: bool = True,
-    eta: float | jax.Array = 0.0,
-    *,
-    noise: jax.Array | None = None,
+    spec: DiffusionSpec, schedule: Schedule, output: jax.Array, x_t: jax.Array, t: jax.Array, key: jax.Array | None,
+    clip_denoised: bool = True, eta: float | jax.Array = 0.0, *, noise: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """DDIM step (DDIM eq. 12), with sigma_t(eta) of eq. 16.
 
@@ -120,7 +106,7 @@ def ddim_step(
     Returns:
       (x_{t-1} [B, ...], pred_x0 [B, ...]).
     """
-    out = p_mean_variance(spec, schedule, output, x_t, t, clip_denoised)
+    prediction = read_output(spec, schedule, output, x_t, t, clip_denoised)
     posterior_variance = at(schedule.posterior_variance, t, x_t.ndim)
     variance_ratio = posterior_variance / at(schedule.betas, t, x_t.ndim)  # r = (1 - a_{t-1})/(1 - a_t)
     eta_squared = jnp.square(eta)
@@ -130,10 +116,10 @@ def ddim_step(
     )
     sigma = eta * jnp.sqrt(posterior_variance)
     alpha_bar_prev = at(schedule.alphas_cumprod_prev, t, x_t.ndim)
-    mean = jnp.sqrt(alpha_bar_prev) * out["pred_x0"] + direction * out["pred_eps"]
+    mean = jnp.sqrt(alpha_bar_prev) * prediction.x0 + direction * prediction.eps
     z = _standard_normal_draw(key, noise, x_t)
     x_prev = mean + _noise_unless_last(x_t, t) * sigma * z
-    return x_prev, out["pred_x0"]
+    return x_prev, prediction.x0
 
 
 STEPS = {"ddpm": ddpm_step, "ddim": ddim_step}

@@ -28,6 +28,8 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterable
 
+import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
@@ -36,7 +38,9 @@ __all__ = [
     "BETA_SCHEDULES",
     "Float64Betas",
     "Schedule",
+    "at",
     "betas_for_alpha_bar",
+    "check_batch",
     "constant_betas",
     "cosine_betas",
     "get_betas",
@@ -282,14 +286,18 @@ def make_schedule(
     betas: np.ndarray,
     timestep_map: Iterable[int] | None = None,
     original_num_timesteps: int | None = None,
+    *,
+    dtype=jnp.float32,
 ) -> Schedule:
-    """Build the float32 schedule pytree from float64 betas.
+    """Build the schedule pytree (float32 tables unless ``dtype`` says otherwise) from float64 betas.
 
     Args:
       betas: [T] betas in (0, 1].
       timestep_map: [T] original step of each index (default: the identity).
       original_num_timesteps: T of the original chain (default: max(timestep_map) + 1, at
         least T).
+      dtype: of the tables: float32, or float64 (under ``jax.enable_x64``) to check the
+        math in float64.
 
     Returns:
       A ``Schedule``.
@@ -312,7 +320,7 @@ def make_schedule(
         original_num_timesteps = int(max(timestep_map.max() + 1, num_timesteps))
     if np.any(timestep_map < 0) or np.any(timestep_map >= original_num_timesteps):
         raise ValueError(f"timestep_map must lie in [0, {original_num_timesteps})")
-    tables = {name: jnp.asarray(value, dtype=jnp.float32) for name, value in _tables(betas).items()}
+    tables = {name: jnp.asarray(value, dtype=dtype) for name, value in _tables(betas).items()}
     return Schedule(
         **tables,
         timestep_map=jnp.asarray(timestep_map, dtype=jnp.int32),
@@ -323,6 +331,31 @@ def make_schedule(
 def named_schedule(name: str, num_timesteps: int) -> Schedule:
     """The schedule of the named beta schedule, e.g. ``named_schedule("cosine", 4000)``."""
     return make_schedule(get_betas(name, num_timesteps))
+
+
+# ------------------------------------------------------------- tables at step t
+
+
+def at(table: jax.Array, t: jax.Array, ndim: int) -> jax.Array:
+    """Gather ``table[t]`` and shape it [B, 1, ..., 1] to broadcast over a rank-``ndim`` batch.
+
+    Args:
+      table: [T] float32.
+      t: [B] int.
+      ndim: rank of the batch the result multiplies (e.g. 4 for NHWC images).
+
+    Returns:
+      [B] + [1] * (ndim - 1).
+    """
+    chex.assert_rank(t, 1)
+    return table[t].reshape(t.shape + (1,) * (ndim - 1))
+
+
+def check_batch(x: jax.Array, t: jax.Array) -> None:
+    """Raise unless ``x`` is a batch [B, ...] and ``t`` its steps [B]."""
+    chex.assert_rank(t, 1)
+    if x.ndim < 2 or x.shape[0] != t.shape[0]:
+        raise ValueError(f"x must be a batch [B, ...] matching t [B]; got x {x.shape} and t {t.shape}")
 
 
 # ----------------------------------------------------------------------- respacing
