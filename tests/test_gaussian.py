@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffjax import gaussian, schedules
-from diffjax.diffusion.gaussian import DiffusionSpec
+from diffjax import gaussian, parameterization, schedules
+from diffjax.diffusion.parameterization import DiffusionSpec
 
 T = 1000
 
@@ -79,11 +79,11 @@ def test_conversions_round_trip(schedule):
     x0, noise, t = batch(jax.random.PRNGKey(2))
     x_t = gaussian.q_sample(schedule, x0, t, noise)
     f = jax.jit
-    np.testing.assert_allclose(f(gaussian.predict_x0_from_eps)(schedule, x_t, t, noise), x0, atol=2e-3 * 0 + 5e-4)
-    np.testing.assert_allclose(f(gaussian.predict_eps_from_x0)(schedule, x_t, t, x0), noise, atol=5e-4, rtol=1e-3)
-    v = f(gaussian.predict_v)(schedule, x0, t, noise)
-    np.testing.assert_allclose(f(gaussian.predict_x0_from_v)(schedule, x_t, t, v), x0, atol=1e-5)
-    np.testing.assert_allclose(f(gaussian.predict_eps_from_v)(schedule, x_t, t, v), noise, atol=1e-5)
+    np.testing.assert_allclose(f(parameterization.predict_x0_from_eps)(schedule, x_t, t, noise), x0, atol=2e-3 * 0 + 5e-4)
+    np.testing.assert_allclose(f(parameterization.predict_eps_from_x0)(schedule, x_t, t, x0), noise, atol=5e-4, rtol=1e-3)
+    v = f(parameterization.predict_v)(schedule, x0, t, noise)
+    np.testing.assert_allclose(f(parameterization.predict_x0_from_v)(schedule, x_t, t, v), x0, atol=1e-5)
+    np.testing.assert_allclose(f(parameterization.predict_eps_from_v)(schedule, x_t, t, v), noise, atol=1e-5)
 
 
 def reference_p_mean_variance(spec, betas, output, x_t, t, clip):
@@ -119,7 +119,7 @@ def reference_p_mean_variance(spec, betas, output, x_t, t, clip):
 
 @pytest.mark.parametrize(
     "mean_type,var_type,clip",
-    list(itertools.product(gaussian.MEAN_TYPES, gaussian.VAR_TYPES, [False, True])),
+    list(itertools.product(parameterization.MEAN_TYPES, parameterization.VAR_TYPES, [False, True])),
 )
 def test_p_mean_variance_matches_reference(schedule, mean_type, var_type, clip):
     spec = DiffusionSpec(mean_type, var_type)
@@ -136,7 +136,7 @@ def test_p_mean_variance_matches_reference(schedule, mean_type, var_type, clip):
     np.testing.assert_allclose(np.broadcast_to(out["log_variance"], x_t.shape), log_var, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.broadcast_to(out["variance"], x_t.shape), np.exp(log_var), rtol=2e-5)
     # eps-hat is consistent with x0-hat
-    recon = gaussian.predict_x0_from_eps(schedule, x_t, t, out["pred_eps"])
+    recon = parameterization.predict_x0_from_eps(schedule, x_t, t, out["pred_eps"])
     np.testing.assert_allclose(recon, out["pred_x0"], rtol=1e-4, atol=1e-3)
 
 
@@ -151,7 +151,7 @@ def test_fixed_large_convention(schedule):
 def test_perfect_denoiser_gives_the_data(schedule):
     x0, noise, t = batch(jax.random.PRNGKey(5))
     x_t = gaussian.q_sample(schedule, x0, t, noise)
-    for mean_type, output in [("eps", noise), ("x0", x0), ("v", gaussian.predict_v(schedule, x0, t, noise))]:
+    for mean_type, output in [("eps", noise), ("x0", x0), ("v", parameterization.predict_v(schedule, x0, t, noise))]:
         out = gaussian.p_mean_variance(DiffusionSpec(mean_type), schedule, output, x_t, t)
         np.testing.assert_allclose(out["pred_x0"], x0, atol=1e-3 if mean_type == "eps" else 1e-5)
         true_mean, _, _ = gaussian.q_posterior_mean_variance(schedule, x0, x_t, t)

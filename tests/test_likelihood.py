@@ -23,8 +23,8 @@ from numpy.polynomial.hermite_e import hermegauss
 from scipy.stats import norm
 
 from diffjax.diffusion.analytic import gaussian_mixture_denoiser
-from diffjax.diffusion.gaussian import DiffusionSpec
 from diffjax.diffusion.likelihood import bpd
+from diffjax.diffusion.parameterization import DiffusionSpec
 from diffjax.diffusion.schedules import get_betas, named_schedule
 
 STD = 0.3

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from scipy import special
 
-from diffjax import gaussian, losses, schedules
-from diffjax.diffusion.gaussian import DiffusionSpec
+from diffjax import gaussian, losses, parameterization, schedules
 from diffjax.diffusion.losses import Objective
+from diffjax.diffusion.parameterization import DiffusionSpec
 
 T = 1000
 
@@ -125,7 +125,7 @@ def test_vb_terms_match_reference(schedule, spec):
     t = jnp.array([0, 0, 1, 10, 500, 999], jnp.int32)
     x_t = gaussian.q_sample(schedule, x0, t, noise)
     # a good-ish prediction so the decoder term is not at its floor
-    pred = {"eps": noise, "x0": x0, "v": gaussian.predict_v(schedule, x0, t, noise)}[spec.mean_type]
+    pred = {"eps": noise, "x0": x0, "v": parameterization.predict_v(schedule, x0, t, noise)}[spec.mean_type]
     pred = pred + 0.05 * jax.random.normal(jax.random.PRNGKey(2), x0.shape)
     if spec.learns_variance:
         extra = 0.3 * jax.random.normal(jax.random.PRNGKey(3), x0.shape)
@@ -210,8 +210,8 @@ def far_decoder_batch(spec, betas, sigmas_inside=70.0):
     return output, x0, x_t, t
 
 
-@pytest.mark.parametrize("mean_type", gaussian.MEAN_TYPES)
-@pytest.mark.parametrize("var_type", gaussian.VAR_TYPES)
+@pytest.mark.parametrize("mean_type", parameterization.MEAN_TYPES)
+@pytest.mark.parametrize("var_type", parameterization.VAR_TYPES)
 def test_decoder_term_far_from_edge_pixels_is_floored(schedule, mean_type, var_type):
     """L_0 with decoder means 70 sigma inside +-1 pixels: every pixel at the papers' floor,
     -log 1e-12 nats, and no gradient (zero, not NaN) through the floor."""
@@ -263,7 +263,7 @@ def test_simple_objective_is_eps_mse(schedule):
 def test_simple_objective_targets(schedule, mean_type):
     spec = DiffusionSpec(mean_type)
     output, x0, x_t, t, noise = make_batch(schedule, spec)
-    target = x0 if mean_type == "x0" else gaussian.predict_v(schedule, x0, t, noise)
+    target = x0 if mean_type == "x0" else parameterization.predict_v(schedule, x0, t, noise)
     terms = losses.training_losses(spec, Objective("simple"), schedule, output, x0, x_t, t, noise)
     np.testing.assert_allclose(terms["mse"], np.mean((np.asarray(output) - np.asarray(target)) ** 2, axis=(1, 2, 3)), rtol=1e-6)
 
@@ -319,8 +319,8 @@ def test_min_snr_weighting_is_the_same_x0_weight_in_every_parameterisation(sched
     spec = DiffusionSpec(mean_type)
     _, x0, x_t, t, noise = make_batch(schedule, spec)
     x0_hat = x0 + 0.1 * jax.random.normal(jax.random.PRNGKey(9), x0.shape)
-    eps_hat = gaussian.predict_eps_from_x0(schedule, x_t, t, x0_hat)
-    output = {"eps": eps_hat, "x0": x0_hat, "v": gaussian.predict_v(schedule, x0_hat, t, eps_hat)}[mean_type]
+    eps_hat = parameterization.predict_eps_from_x0(schedule, x_t, t, x0_hat)
+    output = {"eps": eps_hat, "x0": x0_hat, "v": parameterization.predict_v(schedule, x0_hat, t, eps_hat)}[mean_type]
     terms = losses.training_losses(spec, Objective("simple", weighting="min_snr", snr_gamma=5.0), schedule, output, x0, x_t, t, noise)
     ab = np.cumprod(1 - schedules.get_betas("linear", T))[np.asarray(t)]
     snr = ab / (1 - ab)

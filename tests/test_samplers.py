@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffjax.diffusion import analytic, gaussian, likelihood, samplers, schedules
-from diffjax.diffusion.gaussian import DiffusionSpec
+from diffjax.diffusion import analytic, likelihood, parameterization, samplers, schedules
+from diffjax.diffusion.parameterization import DiffusionSpec
 
 MEANS = np.array([[-0.6, 0.0], [0.6, 0.4], [0.0, -0.6]])
 STDS = np.array([0.15, 0.10, 0.20])
@@ -195,10 +195,10 @@ def test_guidance_is_the_same_on_x0_and_v_outputs(schedule):
     t = jnp.array([0, 10, 500, 999], jnp.int32)
     labels, null, w = jnp.array([0, 1, 2, 0]), jnp.full((4,), 3), 1.7
     eps_guided = samplers.classifier_free_guidance(conditional_denoiser, w, null)(None, x_t, t, labels)
-    x0_from_eps = lambda x, tt, e: gaussian.predict_x0_from_eps(schedule, x, tt, e)
+    x0_from_eps = lambda x, tt, e: parameterization.predict_x0_from_eps(schedule, x, tt, e)
     for to_model, from_model in [
-        (x0_from_eps, lambda x, tt, p: gaussian.predict_eps_from_x0(schedule, x, tt, p)),
-        (lambda x, tt, e: gaussian.predict_v(schedule, x0_from_eps(x, tt, e), tt, e), lambda x, tt, p: gaussian.predict_eps_from_v(schedule, x, tt, p)),
+        (x0_from_eps, lambda x, tt, p: parameterization.predict_eps_from_x0(schedule, x, tt, p)),
+        (lambda x, tt, e: parameterization.predict_v(schedule, x0_from_eps(x, tt, e), tt, e), lambda x, tt, p: parameterization.predict_eps_from_v(schedule, x, tt, p)),
     ]:
         model = lambda params, x, tt, c: to_model(x, tt, conditional_denoiser(params, x, tt, c))
         guided = samplers.classifier_free_guidance(model, w, null)(None, x_t, t, labels)

@@ -17,35 +17,10 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from diffjax.diffusion.parameterization import (
-    MEAN_TYPES,
-    VAR_TYPES,
-    DiffusionSpec,
-    predict_eps_from_v,
-    predict_eps_from_x0,
-    predict_v,
-    predict_x0_from_eps,
-    predict_x0_from_v,
-    read_output,
-)
+from diffjax.diffusion.parameterization import DiffusionSpec, read_output
 from diffjax.diffusion.schedules import Schedule, at, check_batch
 
-__all__ = [
-    "p_mean_variance",
-    "q_mean_variance",
-    "q_posterior_mean_variance",
-    "q_sample",
-    # Re-exported from ``parameterization`` and ``schedules`` for existing importers.
-    "MEAN_TYPES",
-    "VAR_TYPES",
-    "DiffusionSpec",
-    "at",
-    "predict_eps_from_v",
-    "predict_eps_from_x0",
-    "predict_v",
-    "predict_x0_from_eps",
-    "predict_x0_from_v",
-]
+__all__ = ["p_mean_variance", "q_mean_variance", "q_posterior_mean_variance", "q_sample"]
 
 
 # ------------------------------------------------------------------ forward process

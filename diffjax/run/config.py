@@ -15,8 +15,8 @@ from __future__ import annotations
 import ml_collections
 
 from diffjax.data.toy2d import TOY_NAMES
-from diffjax.diffusion.gaussian import MEAN_TYPES, VAR_TYPES
 from diffjax.diffusion.losses import OBJECTIVES, WEIGHTINGS
+from diffjax.diffusion.parameterization import MEAN_TYPES, VAR_TYPES
 from diffjax.diffusion.schedules import BETA_SCHEDULES, space_timesteps
 from diffjax.diffusion.timesteps import TIMESTEP_SAMPLERS
 from diffjax.errors import ConfigError

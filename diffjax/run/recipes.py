@@ -13,8 +13,8 @@ import ml_collections
 from diffjax.data.pictures import save_image_grid, save_scatter
 from diffjax.data.toy2d import TOY_NAMES, make_toy_iterator
 from diffjax.data.toy2d import sample as sample_toy
-from diffjax.diffusion.gaussian import DiffusionSpec
 from diffjax.diffusion.losses import Objective
+from diffjax.diffusion.parameterization import DiffusionSpec
 from diffjax.diffusion.schedules import named_schedule
 from diffjax.diffusion.timesteps import make_timestep_sampler
 from diffjax.models.configs import make_network

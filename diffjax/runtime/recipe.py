@@ -11,8 +11,8 @@ from typing import Any
 import flax.linen as nn
 import numpy as np
 
-from diffjax.diffusion.gaussian import DiffusionSpec
 from diffjax.diffusion.losses import Objective
+from diffjax.diffusion.parameterization import DiffusionSpec
 from diffjax.diffusion.schedules import Schedule
 from diffjax.diffusion.timesteps import TimestepSampler
 
