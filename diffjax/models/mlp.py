@@ -42,14 +42,8 @@ class MLPDenoiser(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(
-        self,
-        x: jnp.ndarray,
-        t: jnp.ndarray,
-        labels: jnp.ndarray | None = None,
-        *,
-        train: bool = False,
-    ) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, t: jnp.ndarray, labels: jnp.ndarray | None = None, *,
+                 train: bool = False) -> jnp.ndarray:
         """Maps [B, D] noisy points and [B] timesteps to [B, out_dim] float32."""
         chex.assert_rank(x, 2)
         batch = x.shape[0]

@@ -103,14 +103,8 @@ class UNet(nn.Module):
                               **self._block_options())
 
     @nn.compact
-    def __call__(
-        self,
-        x: jnp.ndarray,
-        t: jnp.ndarray,
-        labels: jnp.ndarray | None = None,
-        *,
-        train: bool = False,
-    ) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, t: jnp.ndarray, labels: jnp.ndarray | None = None, *,
+                 train: bool = False) -> jnp.ndarray:
         """Predicts the denoiser output for noisy images.
 
         Args:
