@@ -84,6 +84,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, recipe: 
     Raises:
       ConfigError: the batch does not divide over the devices.
       CheckpointMismatchError: the workdir's checkpoint does not fit the config.
+      CheckpointDamagedError: no checkpoint of the workdir can be read (a damaged newest
+        one alone is skipped with a warning, and the run resumes from the one before).
       NonFiniteLossError: a step's loss or gradient was NaN/inf. No update of that step
         (or later) was applied, and no checkpoint after the last good step was written.
 
@@ -96,9 +98,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, recipe: 
     if train.batch_size % mesh.devices.size:
         raise ConfigError(f"config.train.batch_size={train.batch_size} must be divisible by the {mesh.devices.size} devices")
     optimizer = make_optimizer(train)
-    # Nothing is written to the workdir until the run has started: a launch that fails on
-    # its config, data, checkpoint or first steps leaves the workdir as it was.
-    checkpointer = Checkpointer(  # writes nothing until its first save
+    # Nothing is written to the workdir until the run has started (see _RunOutputs); the
+    # checkpointer writes nothing until its first save.
+    checkpointer = Checkpointer(
         os.path.join(workdir, "checkpoints"),
         max_to_keep=train.keep_checkpoints,
         save_interval_steps=train.checkpoint_every,
