@@ -3,7 +3,12 @@
 The pure diffusion math (``diffjax.diffusion``) is importable from the top level:
 
 * ``schedules``: beta schedules, the float32 ``Schedule`` tables, respacing.
-* ``parameterization``: ``DiffusionSpec``, how a denoiser's output is read, eps/x_0/v conversions.
+* ``processes``: noise processes in continuous time (VP-linear, VP-cosine, EDM, and every
+  discrete schedule as ``discrete_process``): alpha_t, sigma_t, log-SNR and its inverse.
+* ``time_grids``: solvers' time grids as data (uniform in t or log-SNR, Karras, quadratic,
+  discrete), by name in ``GRIDS`` (``diffjax.time_grids.karras``, ...).
+* ``parameterization``: ``DiffusionSpec``, how a denoiser's output is read, eps/x_0/v/score
+  conversions (discrete and continuous).
 * ``gaussian``: q(x_t | x_0), the posterior, ``p_mean_variance``.
 * ``losses``: Gaussian KL, the discretised decoder, VLB terms, training objectives.
 * ``timesteps``: uniform and loss-aware importance sampling of t.
@@ -17,7 +22,17 @@ is read. Networks live in ``diffjax.models``, data in ``diffjax.data``, training
 ``diffjax.run``; ``docs/architecture.md`` draws the layers. Import those explicitly.
 """
 
-from diffjax.diffusion import gaussian, likelihood, losses, parameterization, samplers, schedules, timesteps
+from diffjax.diffusion import (
+    gaussian,
+    likelihood,
+    losses,
+    parameterization,
+    processes,
+    samplers,
+    schedules,
+    time_grids,
+    timesteps,
+)
 from diffjax.diffusion.gaussian import p_mean_variance, q_mean_variance, q_posterior_mean_variance, q_sample
 from diffjax.diffusion.likelihood import bpd
 from diffjax.diffusion.losses import (
@@ -31,12 +46,31 @@ from diffjax.diffusion.losses import (
 from diffjax.diffusion.parameterization import (
     DiffusionSpec,
     Prediction,
+    eps_from_score,
+    eps_from_v,
+    eps_from_x0,
     predict_eps_from_v,
     predict_eps_from_x0,
     predict_v,
     predict_x0_from_eps,
     predict_x0_from_v,
     read_output,
+    score_from_eps,
+    score_from_x0,
+    v_from_x0_eps,
+    x0_from_eps,
+    x0_from_score,
+    x0_from_v,
+)
+from diffjax.diffusion.processes import (
+    EDM,
+    PROCESSES,
+    DiscreteVP,
+    NoiseProcess,
+    VPCosine,
+    VPLinear,
+    discrete_process,
+    named_process,
 )
 from diffjax.diffusion.samplers import classifier_free_guidance, ddim_step, ddpm_step, sample
 from diffjax.diffusion.schedules import (
@@ -48,6 +82,7 @@ from diffjax.diffusion.schedules import (
     respace,
     space_timesteps,
 )
+from diffjax.diffusion.time_grids import GRIDS, discrete_grid
 from diffjax.diffusion.timesteps import TimestepSampler, make_timestep_sampler
 
 __all__ = [
@@ -57,25 +92,37 @@ __all__ = [
     "ddim_step",
     "ddpm_step",
     "DiffusionSpec",
+    "discrete_grid",
+    "discrete_process",
+    "DiscreteVP",
     "discretized_gaussian_log_likelihood",
+    "EDM",
+    "eps_from_score",
+    "eps_from_v",
+    "eps_from_x0",
     "gaussian",
     "get_betas",
+    "GRIDS",
     "likelihood",
     "losses",
     "make_schedule",
     "make_timestep_sampler",
+    "named_process",
     "named_schedule",
+    "NoiseProcess",
     "normal_kl",
     "Objective",
     "p_mean_variance",
     "parameterization",
-    "Prediction",
     "predict_eps_from_v",
     "predict_eps_from_x0",
     "predict_v",
     "predict_x0_from_eps",
     "predict_x0_from_v",
+    "Prediction",
     "prior_bpd",
+    "PROCESSES",
+    "processes",
     "q_mean_variance",
     "q_posterior_mean_variance",
     "q_sample",
@@ -85,11 +132,20 @@ __all__ = [
     "samplers",
     "Schedule",
     "schedules",
+    "score_from_eps",
+    "score_from_x0",
     "space_timesteps",
+    "time_grids",
     "timesteps",
     "TimestepSampler",
     "training_losses",
+    "v_from_x0_eps",
     "vb_terms_bpd",
+    "VPCosine",
+    "VPLinear",
+    "x0_from_eps",
+    "x0_from_score",
+    "x0_from_v",
 ]
 
 __version__ = "0.1.0"

@@ -1,7 +1,11 @@
 """The diffusion math: pure functions of arrays and schedule pytrees, never of a config.
 
 * ``schedules``: beta schedules, the float32 ``Schedule`` tables, respacing.
-* ``parameterization``: ``DiffusionSpec``, how a denoiser's output is read, eps/x_0/v conversions.
+* ``processes``: noise processes in continuous time (VP-linear, VP-cosine, EDM, and every
+  discrete schedule as ``discrete_process``): alpha_t, sigma_t, log-SNR and its inverse.
+* ``time_grids``: solvers' time grids as data (uniform in t or log-SNR, Karras, quadratic, discrete).
+* ``parameterization``: ``DiffusionSpec``, how a denoiser's output is read, eps/x_0/v/score
+  conversions (discrete and continuous).
 * ``gaussian``: q(x_t | x_0), the posterior, ``p_mean_variance``.
 * ``losses``: Gaussian KL, the discretised decoder, VLB terms, training objectives.
 * ``timesteps``: uniform and loss-aware importance sampling of t.

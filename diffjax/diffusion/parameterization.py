@@ -18,6 +18,11 @@ with cos phi_t = sqrt(alpha_bar_t). Each conversion takes the schedule (the chai
 predictions of it), and returns that shape; the coefficients are the schedule's tables
 (float32, computed in float64), gathered at ``t`` and broadcast over the non-batch axes.
 
+The same conversions in continuous time (``x0_from_eps``, ``eps_from_x0``, ``v_from_x0_eps``,
+``x0_from_v``, ``eps_from_v``, and the score: ``score_from_eps``, ``eps_from_score``,
+``score_from_x0``, ``x0_from_score``) take alpha_t and sigma_t of a noise process
+(``processes``) instead of a schedule and a step.
+
 References: DDPM (Ho et al. 2020) eqs. 4, 11; improved DDPM (Nichol & Dhariwal 2021)
 section 3.1; v-prediction (Salimans & Ho 2022, appendix D).
 """
@@ -48,6 +53,15 @@ __all__ = [
     "prediction_target",
     "read_output",
     "split_output",
+    "eps_from_score",
+    "eps_from_v",
+    "eps_from_x0",
+    "score_from_eps",
+    "score_from_x0",
+    "v_from_x0_eps",
+    "x0_from_eps",
+    "x0_from_score",
+    "x0_from_v",
 ]
 
 MEAN_TYPES = ("eps", "x0", "v")
@@ -183,6 +197,62 @@ def mse_ratio_to_x0(spec: DiffusionSpec, snr: jax.Array) -> jax.Array:
     if spec.mean_type == "x0":
         return jnp.ones_like(snr)
     return snr + 1.0
+
+
+# ---------------------------------------------- conversions in continuous time
+#
+# The same conversions in the continuous view (``processes``): x_t = alpha x_0 + sigma eps
+# with any alpha, sigma (arrays broadcasting against x, e.g. [B, 1, ..., 1] from
+# ``NoiseProcess.alpha_sigma(t, ndim)``, or scalars), not only alpha^2 + sigma^2 = 1. x_0 is
+# EDM's denoiser D(x; sigma) (of x / alpha), v = alpha eps - sigma x_0, and the score of the
+# marginal p_t is grad log p_t(x_t) = E[-(x_t - alpha x_0)/sigma^2 | x_t] = -eps-hat / sigma
+# (Song et al. 2021, eq. 7; Karras et al. 2022, eq. 3). The discrete functions above keep
+# their own float32 tables (computed in float64), so they are not rewritten through these.
+
+
+def x0_from_eps(x_t: jax.Array, eps: jax.Array, alpha, sigma) -> jax.Array:
+    """x_0 = (x_t - sigma eps) / alpha."""
+    return (x_t - sigma * eps) / alpha
+
+
+def eps_from_x0(x_t: jax.Array, x0: jax.Array, alpha, sigma) -> jax.Array:
+    """eps = (x_t - alpha x_0) / sigma (undefined at sigma = 0)."""
+    return (x_t - alpha * x0) / sigma
+
+
+def v_from_x0_eps(x0: jax.Array, eps: jax.Array, alpha, sigma) -> jax.Array:
+    """v = alpha eps - sigma x_0 (Salimans & Ho 2022, appendix D)."""
+    return alpha * eps - sigma * x0
+
+
+def x0_from_v(x_t: jax.Array, v: jax.Array, alpha, sigma) -> jax.Array:
+    """x_0 = (alpha x_t - sigma v) / (alpha^2 + sigma^2): alpha x_t - sigma v for a VP process."""
+    return (alpha * x_t - sigma * v) / (alpha**2 + sigma**2)
+
+
+def eps_from_v(x_t: jax.Array, v: jax.Array, alpha, sigma) -> jax.Array:
+    """eps = (sigma x_t + alpha v) / (alpha^2 + sigma^2): sigma x_t + alpha v for a VP process."""
+    return (sigma * x_t + alpha * v) / (alpha**2 + sigma**2)
+
+
+def score_from_eps(eps: jax.Array, sigma) -> jax.Array:
+    """grad log p_t(x_t) = -eps / sigma, for eps the posterior mean E[eps | x_t]."""
+    return -eps / sigma
+
+
+def eps_from_score(score: jax.Array, sigma) -> jax.Array:
+    """eps = -sigma score: the inverse of ``score_from_eps``."""
+    return -sigma * score
+
+
+def score_from_x0(x_t: jax.Array, x0: jax.Array, alpha, sigma) -> jax.Array:
+    """grad log p_t(x_t) = (alpha x_0 - x_t) / sigma^2, for x_0 = E[x_0 | x_t] (Tweedie)."""
+    return score_from_eps(eps_from_x0(x_t, x0, alpha, sigma), sigma)
+
+
+def x0_from_score(x_t: jax.Array, score: jax.Array, alpha, sigma) -> jax.Array:
+    """x_0 = (x_t + sigma^2 score) / alpha: Tweedie's formula."""
+    return x0_from_eps(x_t, eps_from_score(score, sigma), alpha, sigma)
 
 
 # ----------------------------------------------------------- reading an output
