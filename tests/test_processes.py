@@ -67,6 +67,7 @@ def test_vp_cosine_is_improved_ddpm():
     alpha_bar = f(t) / f(0.0)
     process = processes.VPCosine()
     np.testing.assert_allclose(jitted(process, "alpha", t) ** 2, alpha_bar, rtol=5e-6)
+    np.testing.assert_allclose(jitted(process, "log_alpha", t), 0.5 * np.log(alpha_bar), rtol=1e-6)
     np.testing.assert_allclose(jitted(process, "sigma", t) ** 2, 1.0 - alpha_bar, rtol=5e-6)
     assert process.t_max == 0.9946 and float(jitted(process, "alpha", 1.0)) == 0.0
     assert float(jitted(process, "log_snr", 1.0)) == -np.inf and float(jitted(process, "log_snr", 0.0)) == np.inf
@@ -154,6 +155,14 @@ def test_discrete_process_between_and_outside_the_knots():
     slope = (log_alpha[1] - log_alpha[0]) * T
     np.testing.assert_allclose(jitted(process, "log_alpha", 0.5 / T), log_alpha[0] - 0.5 * slope / T, rtol=1e-4)
     assert float(jitted(process, "log_alpha", 0.0)) == 0.0 and float(jitted(process, "model_step", 0.0)) == 0
+
+
+def test_discrete_cosine_follows_the_continuous_cosine():
+    """improved DDPM's T = 1000 cosine chain has alpha_bar_n = f((n + 1)/T)/f(0) until its betas
+    are clipped at 0.999 (the last steps): there its continuous view is VPCosine."""
+    knots = (np.arange(990) + 1.0) / T
+    discrete_log_alpha = jitted(ALL_PROCESSES["discrete_cosine"], "log_alpha", knots)
+    np.testing.assert_allclose(discrete_log_alpha, jitted(processes.VPCosine(), "log_alpha", knots), rtol=2e-6)
 
 
 @pytest.mark.parametrize("name", schedules.BETA_SCHEDULES)

@@ -177,7 +177,8 @@ class VPCosine(NoiseProcess):
     """Improved DDPM's cosine process: alpha_t = cos(theta_t) / cos(theta_0), theta_t = (t + s) a,
     a = pi / (2 (1 + s)).
 
-    Written as alpha_t = sin((1 - t) a) / cos(s a) (exactly 0 at t = 1) and
+    Written as alpha_t = sin((1 - t) a) / cos(s a) (exactly 0 at t = 1; for t < 1/2,
+    log alpha_t = log1p(-2 sin((t + 2 s) a/2) sin(t a/2) / cos(s a)), exact as t -> 0) and
     sigma_t^2 = 1 - alpha_t^2 = sin(t a) sin((t + 2 s) a) / cos^2(s a) (exact at t -> 0).
     The inverse: theta_t - theta_0 = atan2(c sigma^2 / (S + alpha s0), c^2 alpha + S s0) with
     c = cos(s a), s0 = sin(s a), S = sqrt(s0^2 + c^2 sigma^2) = sin(theta_t), alpha^2 =
@@ -195,7 +196,12 @@ class VPCosine(NoiseProcess):
 
     def log_alpha(self, t):
         t = _as_float(t)
-        return jnp.log(jnp.sin((1.0 - t) * self._a)) - math.log(math.cos(self.s * self._a))
+        a, c = self._a, math.cos(self.s * self._a)
+        # Near t = 0, alpha = 1 - 2 sin((t + 2s) a/2) sin(t a/2) / c keeps log alpha's relative
+        # precision; near t = 1, sin((1 - t) a) / c keeps alpha's.
+        small_t = jnp.log1p(-2.0 * jnp.sin((t + 2.0 * self.s) * a / 2) * jnp.sin(t * a / 2) / c)
+        large_t = jnp.log(jnp.sin((1.0 - t) * a)) - math.log(c)
+        return jnp.where(t < 0.5, small_t, large_t)
 
     def log_sigma(self, t):
         t = _as_float(t)
