@@ -1,0 +1,251 @@
+"""Deterministic solvers of the probability-flow ODE in the continuous view (``processes``).
+
+Every solver is one step function with the same signature,
+
+    step(process, denoise_x0, x, t_cur, t_next, carry) -> (x_next, carry)
+
+with ``process`` a ``processes.NoiseProcess``, ``denoise_x0(x, t) -> x0_hat`` the data
+prediction (EDM's D; build it from a diffjax denoiser with ``x0_predictor``), ``x`` [B, ...]
+the state at time ``t_cur`` (a scalar), ``t_next`` < ``t_cur`` the time it is moved to, and
+``carry`` a ``History`` (the data prediction and time of the previous step, for multistep
+solvers, and the step's index). ``solve`` drives any step over a time grid (``time_grids``:
+a float32 array from t_max down to t_min) inside one ``jax.lax.scan``; the grid is data, so a
+jitted ``solve`` compiles once per (step, grid length) whatever the grid's values.
+
+The probability-flow ODE of x_t = alpha_t x_0 + sigma_t eps (Song et al. 2021, eq. 13;
+Karras et al. 2022, eq. 4 with s = alpha) in data prediction D = E[x_0 | x_t] is
+
+    dx/dt = alpha_t' D + sigma_t' (x - alpha_t D) / sigma_t
+          = (log sigma_t)' x + ((log alpha_t)' - (log sigma_t)') alpha_t D,
+
+and in EDM's scaled variable y = x / alpha_t with sigma~_t = sigma_t / alpha_t as time it is
+dy/dsigma~ = (y - D) / sigma~ (Karras et al. 2022, eq. 3 after the change of variable).
+
+The solvers (NFE = denoiser calls per step):
+
+* ``euler_step`` (1): explicit Euler in t on the first form above; (log alpha)' and
+  (log sigma)' come from ``jax.jvp`` of the process (on a ``DiscreteVP`` they are the slopes
+  of its piecewise-linear table: the segment above t_cur on a knot). First order.
+* ``ddim_step`` (1): DDIM = first-order DPM-Solver++ (Lu et al. 2022b, eq. 9 with k = 1),
+  x_{t'} = (sigma_{t'}/sigma_t) x - alpha_{t'} (e^{-h} - 1) D(x, t), h = l_{t'} - l_t, with
+  l = log(alpha / sigma) the *half* log-SNR (``process.log_snr`` is 2 l). It is also Euler in
+  EDM's (y, sigma~) (k-diffusion's ``sample_euler``; Karras et al. 2022, section 3). First order.
+* ``heun_step`` (2): EDM's Heun (Karras et al. 2022, Algorithm 1, deterministic) in (y, sigma~):
+  an Euler step then the trapezoidal correction, skipped (a plain Euler step, 1 NFE) when
+  sigma~_{t'} = 0. For ``processes.EDM`` (alpha = 1) y is x and sigma~ is sigma. Second order.
+* ``dpmpp_2m_step`` (1): DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2): D_i = (1 + 1/(2r))
+  x0_i - 1/(2r) x0_{i-1}, r = h_{i-1}/h_i, in the first-order formula; first-order on the
+  first step (no history) and, with ``lower_order_final`` (default), on the last step
+  (the lower-order final step that keeps few-step sampling stable). Second order.
+
+Endpoint convention: the trajectory ends at the grid's last time (t_min, where sigma > 0);
+``solve(..., denoise_to_zero=True)`` returns D(x, t_min) instead, one more NFE (EDM's last
+step to sigma_N = 0; DDPM's and DDIM's last step from step 0 to x_0).
+
+References: Song et al. 2021 (score_sde) eq. 13; Song et al. 2021 (DDIM) eq. 13; Karras et
+al. 2022 (EDM) eqs. 3-4 and Algorithm 1; Lu et al. 2022a (DPM-Solver) and 2022b
+(DPM-Solver++) section 4 and Algorithm 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from diffjax.diffusion.parameterization import DiffusionSpec, split_output, x0_from_eps, x0_from_v
+from diffjax.diffusion.processes import DiscreteVP, NoiseProcess
+
+__all__ = [
+    "History",
+    "SOLVERS",
+    "ddim_step",
+    "dpmpp_2m_step",
+    "euler_step",
+    "heun_step",
+    "solve",
+    "x0_predictor",
+]
+
+X0Fn = Callable[[jax.Array, jax.Array], jax.Array]
+"""``denoise_x0(x, t) -> x0_hat``: x [B, ...], t a scalar time; the data prediction D."""
+
+
+class History(NamedTuple):
+    """What a step carries to the next one.
+
+    Attributes:
+      x0: [B, ...] the data prediction the last step evaluated at its t_cur (zeros before
+        the first step).
+      t: scalar, that t_cur (the grid's first time before the first step).
+      step: int32 scalar, the index of the step about to run (0 for the first).
+      num_steps: int32 scalar, the number of steps of the grid.
+    """
+
+    x0: jax.Array
+    t: jax.Array
+    step: jax.Array
+    num_steps: jax.Array
+
+
+def _advance(carry: History, x0: jax.Array, t_cur: jax.Array) -> History:
+    return carry._replace(x0=x0, t=t_cur, step=carry.step + 1)
+
+
+def _half_log_snr(process: NoiseProcess, t) -> jax.Array:
+    """DPM-Solver's lambda_t = log(alpha_t / sigma_t)."""
+    return process.log_alpha(t) - process.log_sigma(t)
+
+
+def _first_order_update(process: NoiseProcess, x, t_cur, t_next, x0) -> jax.Array:
+    """x_{t'} = (sigma_{t'}/sigma_t) x - alpha_{t'} expm1(-h) x0, h = lambda_{t'} - lambda_t."""
+    h = _half_log_snr(process, t_next) - _half_log_snr(process, t_cur)
+    sigma_ratio = jnp.exp(process.log_sigma(t_next) - process.log_sigma(t_cur))
+    return (sigma_ratio * x - process.alpha(t_next) * jnp.expm1(-h) * x0).astype(x.dtype)
+
+
+def euler_step(process: NoiseProcess, denoise_x0: X0Fn, x, t_cur, t_next, carry: History):
+    """x_{t'} = x + (t' - t) [(log sigma)' x + ((log alpha)' - (log sigma)') alpha D(x, t)]."""
+    x0 = denoise_x0(x, t_cur)
+    one = jnp.ones_like(t_cur)
+    log_alpha, d_log_alpha = jax.jvp(process.log_alpha, (t_cur,), (one,))
+    _, d_log_sigma = jax.jvp(process.log_sigma, (t_cur,), (one,))
+    velocity = d_log_sigma * x + (d_log_alpha - d_log_sigma) * jnp.exp(log_alpha) * x0
+    return (x + (t_next - t_cur) * velocity).astype(x.dtype), _advance(carry, x0, t_cur)
+
+
+def ddim_step(process: NoiseProcess, denoise_x0: X0Fn, x, t_cur, t_next, carry: History):
+    """DDIM (eta = 0) as first-order DPM-Solver++: see ``_first_order_update``."""
+    x0 = denoise_x0(x, t_cur)
+    return _first_order_update(process, x, t_cur, t_next, x0), _advance(carry, x0, t_cur)
+
+
+def heun_step(process: NoiseProcess, denoise_x0: X0Fn, x, t_cur, t_next, carry: History):
+    """EDM's Algorithm 1 step in y = x / alpha, sigma~ = sigma / alpha (Euler when sigma~_{t'} = 0)."""
+    alpha_cur, alpha_next = process.alpha(t_cur), process.alpha(t_next)
+    s_cur, s_next = process.edm_sigma(t_cur), process.edm_sigma(t_next)
+    y = x / alpha_cur
+    x0 = denoise_x0(x, t_cur)
+    slope = (y - x0) / s_cur
+    y_euler = y + (s_next - s_cur) * slope
+
+    def corrected(y_euler):
+        slope_next = (y_euler - denoise_x0((alpha_next * y_euler).astype(x.dtype), t_next)) / s_next
+        return y + (s_next - s_cur) * 0.5 * (slope + slope_next)
+
+    y_next = jax.lax.cond(s_next > 0, corrected, lambda y_euler: y_euler, y_euler)
+    return (alpha_next * y_next).astype(x.dtype), _advance(carry, x0, t_cur)
+
+
+def dpmpp_2m_step(
+    process: NoiseProcess, denoise_x0: X0Fn, x, t_cur, t_next, carry: History, *, lower_order_final: bool = True
+):
+    """DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2); first order on the first step and,
+    with ``lower_order_final``, on the last."""
+    x0 = denoise_x0(x, t_cur)
+    lam_prev, lam_cur, lam_next = (_half_log_snr(process, t) for t in (carry.t, t_cur, t_next))
+    # r = h_{i-1} / h_i; on the first step there is no h_{i-1}: any finite r, the update is first order.
+    first = carry.step == 0
+    last = jnp.logical_and(lower_order_final, carry.step == carry.num_steps - 1)
+    r = jnp.where(first, 1.0, (lam_cur - lam_prev) / (lam_next - lam_cur))
+    second_order = x0 + (0.5 / r) * (x0 - carry.x0)
+    combined = jnp.where(jnp.logical_or(first, last), x0, second_order)
+    return _first_order_update(process, x, t_cur, t_next, combined), _advance(carry, x0, t_cur)
+
+
+SOLVERS = {"euler": euler_step, "ddim": ddim_step, "heun": heun_step, "dpmpp_2m": dpmpp_2m_step}
+"""The deterministic solvers by name; ``NFE_PER_STEP`` gives their denoiser calls per step."""
+
+NFE_PER_STEP = {"euler": 1, "ddim": 1, "heun": 2, "dpmpp_2m": 1}
+"""Denoiser calls per step (``heun``: 1 on a step that lands on sigma~ = 0)."""
+
+
+def solve(
+    step: Callable,
+    process: NoiseProcess,
+    denoise_x0: X0Fn,
+    x_T: jax.Array,
+    grid: jax.Array,
+    *,
+    denoise_to_zero: bool = False,
+    return_trajectory: bool = False,
+) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
+    """Run ``step`` over the K steps of ``grid`` (K + 1 times, decreasing) in one ``lax.scan``.
+
+    Args:
+      step: a solver step (a value of ``SOLVERS``, or a ``functools.partial`` of one).
+      process: the noise process.
+      denoise_x0: the data prediction ``denoise_x0(x, t)``.
+      x_T: [B, ...] the state at grid[0] (for a VP process started at t_max ~ 1: N(0, I);
+        for ``EDM``: sigma_max N(0, I)).
+      grid: [K + 1] float times from t_max down to t_min (``time_grids``), a traced array.
+      denoise_to_zero: return D(x, grid[-1]) (one more NFE) instead of x at grid[-1].
+      return_trajectory: also return ``x`` [K, B, ...] (x before each step) and ``x0``
+        [K, B, ...] (the data prediction at each step's t_cur).
+
+    Returns:
+      x at grid[-1] (or its data prediction) [B, ...]; with ``return_trajectory`` also the dict.
+    """
+    grid = jnp.asarray(grid)
+    num_steps = grid.shape[0] - 1
+    if num_steps < 1:
+        raise ValueError(f"a grid needs at least two times, got shape {grid.shape}")
+    carry = History(
+        x0=jnp.zeros_like(x_T), t=grid[0], step=jnp.int32(0), num_steps=jnp.int32(num_steps)
+    )
+
+    def body(state, times):
+        x, carry = state
+        t_cur, t_next = times
+        x_next, carry = step(process, denoise_x0, x, t_cur, t_next, carry)
+        return (x_next, carry), (x, carry.x0) if return_trajectory else None
+
+    (x, _), trajectory = jax.lax.scan(body, (x_T, carry), (grid[:-1], grid[1:]))
+    if denoise_to_zero:
+        x = denoise_x0(x, grid[-1])
+    if return_trajectory:
+        return x, dict(x=trajectory[0], x0=trajectory[1])
+    return x
+
+
+def x0_predictor(
+    denoise: Callable, params: Any, spec: DiffusionSpec, process: NoiseProcess, cond: Any = None,
+    *, round_steps: bool = False,
+) -> X0Fn:
+    """The data prediction ``denoise_x0(x, t)`` of a diffjax denoiser ``denoise(params, x_t, t, cond)``.
+
+    The network is called with the step it was trained on: for a ``DiscreteVP`` (a trained
+    discrete chain) ``process.model_timestep(t)`` (T t - 1, fractional between knots, as
+    DPM-Solver's ``model_wrapper`` does), or ``process.model_step(t)`` (int32, nearest trained
+    step) with ``round_steps``; for a continuous process t itself. Its mean part (the first C
+    channels: a learned variance is ignored) is read per ``spec.mean_type`` with alpha_t and
+    sigma_t of ``process``: x_0 = (x - sigma eps)/alpha, x_0, or alpha x - sigma v (scaled).
+
+    Args:
+      denoise: ``denoise(params, x_t, t, cond)``.
+      params, cond: passed through unchanged.
+      spec: how the output is read.
+      process: the process the network was trained on (``discrete_process(schedule)``).
+      round_steps: call the network with integer steps (e.g. a table-based denoiser).
+
+    Returns:
+      ``denoise_x0(x, t)`` with x [B, ...] and t a scalar time.
+    """
+
+    def denoise_x0(x, t):
+        t_batch = jnp.full((x.shape[0],), t, dtype=jnp.asarray(t).dtype)
+        if isinstance(process, DiscreteVP):
+            network_t = process.model_step(t_batch) if round_steps else process.model_timestep(t_batch)
+        else:
+            network_t = t_batch
+        mean_part, _ = split_output(spec, denoise(params, x, network_t, cond), x.shape)
+        alpha, sigma = process.alpha_sigma(t)
+        if spec.mean_type == "eps":
+            return x0_from_eps(x, mean_part, alpha, sigma)
+        if spec.mean_type == "v":
+            return x0_from_v(x, mean_part, alpha, sigma)
+        return mean_part
+
+    return denoise_x0
