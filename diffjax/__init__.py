@@ -13,6 +13,9 @@ The pure diffusion math (``diffjax.diffusion``) is importable from the top level
 * ``losses``: Gaussian KL, the discretised decoder, VLB terms, training objectives.
 * ``timesteps``: uniform and loss-aware importance sampling of t.
 * ``samplers``: DDPM ancestral and DDIM in ``lax.scan``, classifier-free guidance.
+* ``solvers``: deterministic probability-flow ODE solvers in the continuous view (Euler,
+  DDIM, EDM's Heun, DPM-Solver++(2M)), by name in ``SOLVERS``, run by ``solve`` over a
+  time grid; ``x0_predictor`` makes a diffjax denoiser their data prediction.
 * ``likelihood``: the full variational bound in bits/dim.
 
 A denoiser is any ``denoise(params, x_t, t, cond) -> output`` with x_t [B, ...] and t
@@ -30,6 +33,7 @@ from diffjax.diffusion import (
     processes,
     samplers,
     schedules,
+    solvers,
     time_grids,
     timesteps,
 )
@@ -82,6 +86,7 @@ from diffjax.diffusion.schedules import (
     respace,
     space_timesteps,
 )
+from diffjax.diffusion.solvers import SOLVERS, solve, x0_predictor
 from diffjax.diffusion.time_grids import GRIDS, discrete_grid
 from diffjax.diffusion.timesteps import TimestepSampler, make_timestep_sampler
 
@@ -132,6 +137,9 @@ __all__ = [
     "samplers",
     "Schedule",
     "schedules",
+    "solve",
+    "SOLVERS",
+    "solvers",
     "score_from_eps",
     "score_from_x0",
     "space_timesteps",
@@ -146,6 +154,7 @@ __all__ = [
     "x0_from_eps",
     "x0_from_score",
     "x0_from_v",
+    "x0_predictor",
 ]
 
 __version__ = "0.1.0"

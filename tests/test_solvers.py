@@ -280,3 +280,16 @@ def test_compiled_once_per_grid_length(name):
     assert len(traces) == 1 and not np.allclose(first, second)
     sample(x_T, time_grids.uniform_t(process, 7))
     assert len(traces) == 2
+
+
+def test_heun_last_step_to_zero_noise_is_euler():
+    """EDM's Algorithm 1: a step that lands on sigma = 0 (VP-linear at t = 0) is an Euler step,
+    which lands on D(x, t_cur); so it equals stopping one time earlier and denoising."""
+    process = processes.VPLinear()
+    grid = jnp.append(time_grids.karras(process, 5), 0.0)
+    x_T = jax.random.normal(jax.random.PRNGKey(3), (8, 2))
+    denoise_x0 = MixtureX0(process)
+    to_zero = run("heun", process, denoise_x0, x_T, grid)
+    denoised = run("heun", process, denoise_x0, x_T, grid[:-1], denoise_to_zero=True)
+    assert np.all(np.isfinite(to_zero))
+    np.testing.assert_allclose(to_zero, denoised, rtol=1e-5, atol=1e-5)

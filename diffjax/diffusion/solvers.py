@@ -60,6 +60,7 @@ from diffjax.diffusion.processes import DiscreteVP, NoiseProcess
 
 __all__ = [
     "History",
+    "NFE_PER_STEP",
     "SOLVERS",
     "ddim_step",
     "dpmpp_2m_step",
