@@ -293,3 +293,35 @@ def test_heun_last_step_to_zero_noise_is_euler():
     denoised = run("heun", process, denoise_x0, x_T, grid[:-1], denoise_to_zero=True)
     assert np.all(np.isfinite(to_zero))
     np.testing.assert_allclose(to_zero, denoised, rtol=1e-5, atol=1e-5)
+
+
+def test_samples_a_diffjax_network_with_learned_variance():
+    """A class-conditional MLP of ``diffjax.models`` with a learned variance (2C outputs), as
+    ``make_denoise_fn`` wraps it, is sampled by every solver through ``x0_predictor`` on the
+    continuous view of a respaced cosine chain: on a smooth grid (fractional steps), and on a
+    discrete grid, where fractional and rounded steps are the same trained integers."""
+    from diffjax import models
+    from diffjax.models.denoiser import init_params, make_denoise_fn
+
+    T = 1000
+    schedule, _ = schedules.respace(schedules.named_schedule("cosine", T), "50")
+    process = processes.discrete_process(schedule)
+    net = models.MLPDenoiser(hidden=16, num_blocks=1, out_dim=4, num_classes=2)
+    params = jax.jit(lambda key: init_params(net, key, (2,)))(jax.random.PRNGKey(0))
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+    params = jax.tree.unflatten(tree, [p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+    denoise = make_denoise_fn(net, num_timesteps=T)
+    spec = DiffusionSpec("eps", "learned_range")
+    labels = jnp.array([0, 1, 0, 1])
+    x_T = jax.random.normal(jax.random.PRNGKey(2), (4, 2))
+    fractional = solvers.x0_predictor(denoise, params, spec, process, labels)
+    rounded = solvers.x0_predictor(denoise, params, spec, process, labels, round_steps=True)
+    for name in ORDERS:
+        smooth = run(name, process, fractional, x_T, time_grids.uniform_log_snr(process, 6), denoise_to_zero=True)
+        assert smooth.shape == x_T.shape and np.all(np.isfinite(smooth)), name
+    on_knots = time_grids.discrete_grid(T, 6)
+    np.testing.assert_allclose(
+        run("dpmpp_2m", process, fractional, x_T, on_knots), run("dpmpp_2m", process, rounded, x_T, on_knots),
+        rtol=1e-5, atol=1e-5,
+    )
