@@ -37,6 +37,12 @@ The solvers (NFE = denoiser calls per step):
   x0_i - 1/(2r) x0_{i-1}, r = h_{i-1}/h_i, in the first-order formula; first-order on the
   first step (no history) and, with ``lower_order_final`` (default), on the last step
   (the lower-order final step that keeps few-step sampling stable). Second order.
+* ``dpmpp_3m_step`` (1): DPM-Solver++(3M): the Taylor expansion of x0 in lambda to second
+  order (Lu et al. 2022b, eq. 8), its derivatives from the quadratic through the last three
+  predictions, each term integrated exactly; orders 1, 2 on the first two steps and, with
+  ``lower_order_final``, 2, 1 on the last two. Third order. (DPM-Solver's and k-diffusion's
+  code weight the second-derivative term by phi_3 = phi_2/h - 1/2, half the exact
+  integral's (h^2 - 2h + 2 - 2e^{-h})/(2h^2); here the exact weight is used.)
 
 Endpoint convention: the trajectory ends at the grid's last time (t_min, where sigma > 0);
 ``solve(..., denoise_to_zero=True)`` returns D(x, t_min) instead, one more NFE (EDM's last
@@ -64,9 +70,11 @@ __all__ = [
     "SOLVERS",
     "ddim_step",
     "dpmpp_2m_step",
+    "dpmpp_3m_step",
     "euler_step",
     "heun_step",
     "solve",
+    "step_key",
     "x0_predictor",
 ]
 
@@ -83,16 +91,28 @@ class History(NamedTuple):
       t: scalar, that t_cur (the grid's first time before the first step).
       step: int32 scalar, the index of the step about to run (0 for the first).
       num_steps: int32 scalar, the number of steps of the grid.
+      x0_older, t_older: the data prediction and time of the step before the last one
+        (DPM-Solver++(3M)); zeros and the grid's first time until there is one.
+      key: the PRNG key ``solve`` was given; a stochastic step draws its noise from
+        ``step_key(carry)`` = ``fold_in(key, step)``, so a fixed key gives fixed samples.
     """
 
     x0: jax.Array
     t: jax.Array
     step: jax.Array
     num_steps: jax.Array
+    x0_older: jax.Array
+    t_older: jax.Array
+    key: jax.Array
 
 
 def _advance(carry: History, x0: jax.Array, t_cur: jax.Array) -> History:
-    return carry._replace(x0=x0, t=t_cur, step=carry.step + 1)
+    return carry._replace(x0=x0, t=t_cur, step=carry.step + 1, x0_older=carry.x0, t_older=carry.t)
+
+
+def step_key(carry: History) -> jax.Array:
+    """The PRNG key of the step about to run: ``fold_in(carry.key, carry.step)``."""
+    return jax.random.fold_in(carry.key, carry.step)
 
 
 def _half_log_snr(process: NoiseProcess, t) -> jax.Array:
@@ -123,8 +143,8 @@ def ddim_step(process: NoiseProcess, denoise_x0: X0Fn, x, t_cur, t_next, carry: 
     return _first_order_update(process, x, t_cur, t_next, x0), _advance(carry, x0, t_cur)
 
 
-def heun_step(process: NoiseProcess, denoise_x0: X0Fn, x, t_cur, t_next, carry: History):
-    """EDM's Algorithm 1 step in y = x / alpha, sigma~ = sigma / alpha (Euler when sigma~_{t'} = 0)."""
+def _heun_update(process: NoiseProcess, denoise_x0: X0Fn, x, t_cur, t_next):
+    """EDM's Algorithm 1 step from (x, t_cur) to t_next; returns (x_next, D(x, t_cur))."""
     alpha_cur, alpha_next = process.alpha(t_cur), process.alpha(t_next)
     s_cur, s_next = process.edm_sigma(t_cur), process.edm_sigma(t_next)
     y = x / alpha_cur
@@ -137,7 +157,13 @@ def heun_step(process: NoiseProcess, denoise_x0: X0Fn, x, t_cur, t_next, carry: 
         return y + (s_next - s_cur) * 0.5 * (slope + slope_next)
 
     y_next = jax.lax.cond(s_next > 0, corrected, lambda y_euler: y_euler, y_euler)
-    return (alpha_next * y_next).astype(x.dtype), _advance(carry, x0, t_cur)
+    return (alpha_next * y_next).astype(x.dtype), x0
+
+
+def heun_step(process: NoiseProcess, denoise_x0: X0Fn, x, t_cur, t_next, carry: History):
+    """EDM's Algorithm 1 step in y = x / alpha, sigma~ = sigma / alpha (Euler when sigma~_{t'} = 0)."""
+    x_next, x0 = _heun_update(process, denoise_x0, x, t_cur, t_next)
+    return x_next, _advance(carry, x0, t_cur)
 
 
 def dpmpp_2m_step(
@@ -156,10 +182,57 @@ def dpmpp_2m_step(
     return _first_order_update(process, x, t_cur, t_next, combined), _advance(carry, x0, t_cur)
 
 
-SOLVERS = {"euler": euler_step, "ddim": ddim_step, "heun": heun_step, "dpmpp_2m": dpmpp_2m_step}
+def dpmpp_3m_step(
+    process: NoiseProcess, denoise_x0: X0Fn, x, t_cur, t_next, carry: History, *, lower_order_final: bool = True
+):
+    """DPM-Solver++(3M): the data prediction x0(lambda) expanded to second order about lambda_i
+    (Lu et al. 2022b, eq. 8 with k = 3), its derivatives those of the quadratic through the
+    last three (lambda, x0) pairs, each power integrated exactly:
+
+        x_{i+1} = (sigma'/sigma) x + alpha' [(1 - e^{-h}) x0_i + (h - 1 + e^{-h}) x0'
+                  + (h^2 - 2h + 2 - 2 e^{-h}) x0''/2],
+
+    x0' = f[i, i-1] + h_{i-1} f[i, i-1, i-2] and x0''/2 = f[i, i-1, i-2] (divided differences
+    in lambda). The order used is min(3, step + 1) and, with ``lower_order_final``, also
+    at most the number of steps left (DPM-Solver's ``lower_order_final``): steps 0, 1 are
+    first and second order (the 2M formula), the last two second and first order.
+    """
+    x0 = denoise_x0(x, t_cur)
+    lam_older, lam_prev, lam_cur, lam_next = (
+        _half_log_snr(process, t) for t in (carry.t_older, carry.t, t_cur, t_next)
+    )
+    h, h_0, h_1 = lam_next - lam_cur, lam_cur - lam_prev, lam_prev - lam_older
+    order = jnp.minimum(3, carry.step + 1)
+    if lower_order_final:
+        order = jnp.minimum(order, carry.num_steps - carry.step)
+    # Divided differences; the denominators are replaced where the history does not exist yet.
+    safe_h0 = jnp.where(order >= 2, h_0, 1.0)
+    safe_h1 = jnp.where(order >= 3, h_1, 1.0)
+    f_01 = (x0 - carry.x0) / safe_h0
+    f_12 = (carry.x0 - carry.x0_older) / safe_h1
+    f_012 = (f_01 - f_12) / (safe_h0 + safe_h1)
+    # 2M's derivative (DPM-Solver++(2M), Algorithm 2: 1/(2r) (x0_i - x0_{i-1}) in the first-order
+    # formula) on order-2 steps, the quadratic's derivatives on order-3 steps.
+    neg_phi_1 = -jnp.expm1(-h)  # 1 - e^{-h}
+    second = x0 + (0.5 * h) * f_01
+    third_derivative = (h + jnp.expm1(-h)) * (f_01 + h_0 * f_012) + (h * h - 2.0 * h - 2.0 * jnp.expm1(-h)) * f_012
+    sigma_ratio = jnp.exp(process.log_sigma(t_next) - process.log_sigma(t_cur))
+    alpha_next = process.alpha(t_next)
+    low = jnp.where(order == 1, x0, second)
+    x_low = sigma_ratio * x + alpha_next * neg_phi_1 * low
+    x_third = sigma_ratio * x + alpha_next * (neg_phi_1 * x0 + third_derivative)
+    x_next = jnp.where(order == 3, x_third, x_low)
+    return x_next.astype(x.dtype), _advance(carry, x0, t_cur)
+
+
+SOLVERS = {
+    "euler": euler_step, "ddim": ddim_step, "heun": heun_step, "dpmpp_2m": dpmpp_2m_step, "dpmpp_3m": dpmpp_3m_step,
+}
 """The deterministic solvers by name; ``NFE_PER_STEP`` gives their denoiser calls per step."""
 
-NFE_PER_STEP = {"euler": 1, "ddim": 1, "heun": 2, "dpmpp_2m": 1}
+NFE_PER_STEP = {
+    "euler": 1, "ddim": 1, "heun": 2, "dpmpp_2m": 1, "dpmpp_3m": 1,
+}
 """Denoiser calls per step (``heun``: 1 on a step that lands on sigma~ = 0)."""
 
 
@@ -170,6 +243,7 @@ def solve(
     x_T: jax.Array,
     grid: jax.Array,
     *,
+    key: jax.Array | None = None,
     denoise_to_zero: bool = False,
     return_trajectory: bool = False,
 ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
@@ -182,6 +256,8 @@ def solve(
       x_T: [B, ...] the state at grid[0] (for a VP process started at t_max ~ 1: N(0, I);
         for ``EDM``: sigma_max N(0, I)).
       grid: [K + 1] float times from t_max down to t_min (``time_grids``), a traced array.
+      key: the PRNG key of a stochastic solver (``PRNGKey(0)`` if None; deterministic
+        solvers ignore it); step i draws from ``fold_in(key, i)``.
       denoise_to_zero: return D(x, grid[-1]) (one more NFE) instead of x at grid[-1].
       return_trajectory: also return ``x`` [K, B, ...] (x before each step) and ``x0``
         [K, B, ...] (the data prediction at each step's t_cur).
@@ -193,8 +269,11 @@ def solve(
     num_steps = grid.shape[0] - 1
     if num_steps < 1:
         raise ValueError(f"a grid needs at least two times, got shape {grid.shape}")
+    if key is None:
+        key = jax.random.PRNGKey(0)
     carry = History(
-        x0=jnp.zeros_like(x_T), t=grid[0], step=jnp.int32(0), num_steps=jnp.int32(num_steps)
+        x0=jnp.zeros_like(x_T), t=grid[0], step=jnp.int32(0), num_steps=jnp.int32(num_steps),
+        x0_older=jnp.zeros_like(x_T), t_older=grid[0], key=key,
     )
 
     def body(state, times):
