@@ -61,6 +61,7 @@ __all__ = [
     "v_from_x0_eps",
     "x0_from_eps",
     "x0_from_score",
+    "x0_from_mean_part",
     "x0_from_v",
 ]
 
@@ -228,6 +229,16 @@ def v_from_x0_eps(x0: jax.Array, eps: jax.Array, alpha, sigma) -> jax.Array:
 def x0_from_v(x_t: jax.Array, v: jax.Array, alpha, sigma) -> jax.Array:
     """x_0 = (alpha x_t - sigma v) / (alpha^2 + sigma^2): alpha x_t - sigma v for a VP process."""
     return (alpha * x_t - sigma * v) / (alpha**2 + sigma**2)
+
+
+def x0_from_mean_part(spec: DiffusionSpec, x_t: jax.Array, mean_part: jax.Array, alpha, sigma) -> jax.Array:
+    """The data prediction x_0 [B, ...] from a denoiser's mean part [B, ...] read per
+    ``spec.mean_type`` (eps, x0 or v) with the continuous alpha_t, sigma_t (broadcastable)."""
+    if spec.mean_type == "eps":
+        return x0_from_eps(x_t, mean_part, alpha, sigma)
+    if spec.mean_type == "v":
+        return x0_from_v(x_t, mean_part, alpha, sigma)
+    return mean_part
 
 
 def eps_from_v(x_t: jax.Array, v: jax.Array, alpha, sigma) -> jax.Array:

@@ -61,7 +61,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from diffjax.diffusion.parameterization import DiffusionSpec, split_output, x0_from_eps, x0_from_v
+from diffjax.diffusion.parameterization import DiffusionSpec, split_output, x0_from_mean_part
 from diffjax.diffusion.processes import DiscreteVP, NoiseProcess
 
 __all__ = [
@@ -300,7 +300,7 @@ def x0_predictor(
     discrete chain) ``process.model_timestep(t)`` (T t - 1, fractional between knots, as
     DPM-Solver's ``model_wrapper`` does), or ``process.model_step(t)`` (int32, nearest trained
     step) with ``round_steps``; for a continuous process t itself. Its mean part (the first C
-    channels: a learned variance is ignored) is read per ``spec.mean_type`` with alpha_t and
+    channels: a learned variance is ignored) is read per ``spec`` with alpha_t and
     sigma_t of ``process``: x_0 = (x - sigma eps)/alpha, x_0, or alpha x - sigma v (scaled).
 
     Args:
@@ -322,10 +322,6 @@ def x0_predictor(
             network_t = t_batch
         mean_part, _ = split_output(spec, denoise(params, x, network_t, cond), x.shape)
         alpha, sigma = process.alpha_sigma(t)
-        if spec.mean_type == "eps":
-            return x0_from_eps(x, mean_part, alpha, sigma)
-        if spec.mean_type == "v":
-            return x0_from_v(x, mean_part, alpha, sigma)
-        return mean_part
+        return x0_from_mean_part(spec, x, mean_part, alpha, sigma)
 
     return denoise_x0
