@@ -14,7 +14,8 @@ The pure diffusion math (``diffjax.diffusion``) is importable from the top level
 * ``timesteps``: uniform and loss-aware importance sampling of t.
 * ``samplers``: DDPM ancestral and DDIM in ``lax.scan``, classifier-free guidance.
 * ``solvers``: deterministic probability-flow ODE solvers in the continuous view (Euler,
-  DDIM, EDM's Heun, DPM-Solver++ 2M and 3M), by name in ``SOLVERS``, run by ``solve`` over a
+  DDIM, EDM's Heun, DPM-Solver++ 2M and 3M) and stochastic samplers (EDM's Algorithm 2,
+  Euler ancestral, DPM-Solver++(2M) SDE), by name in ``SOLVERS``, run by ``solve`` over a
   time grid; ``x0_predictor`` makes a diffjax denoiser their data prediction.
 * ``likelihood``: the full variational bound in bits/dim.
 

@@ -11,7 +11,8 @@
 * ``timesteps``: uniform and loss-aware importance sampling of t.
 * ``samplers``: DDPM ancestral and DDIM in ``lax.scan``, classifier-free guidance.
 * ``solvers``: deterministic probability-flow ODE solvers in the continuous view (Euler,
-  DDIM, EDM's Heun, DPM-Solver++ 2M and 3M) driven by one ``lax.scan`` over a time grid.
+  DDIM, EDM's Heun, DPM-Solver++ 2M and 3M) and stochastic samplers (EDM's
+  Algorithm 2, Euler ancestral, DPM-Solver++(2M) SDE) driven by one ``lax.scan`` over a time grid.
 * ``likelihood``: the full variational bound in bits/dim.
 * ``analytic``: the exact denoiser of a Gaussian mixture (tests and baselines).
 

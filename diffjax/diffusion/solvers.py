@@ -1,4 +1,4 @@
-"""Deterministic solvers of the probability-flow ODE in the continuous view (``processes``).
+"""Solvers of the probability-flow ODE and the reverse SDE in the continuous view (``processes``).
 
 Every solver is one step function with the same signature,
 
@@ -44,6 +44,17 @@ The solvers (NFE = denoiser calls per step):
   code weight the second-derivative term by phi_3 = phi_2/h - 1/2, half the exact
   integral's (h^2 - 2h + 2 - 2e^{-h})/(2h^2); here the exact weight is used.)
 
+The stochastic solvers (their parameters are keyword arguments, bound with
+``functools.partial``, and may be traced; the noise of step i is drawn from
+``fold_in(key, i)`` of ``solve``'s ``key``):
+
+* ``edm_stochastic_step`` (2): EDM's Algorithm 2 (S_churn, S_tmin, S_tmax, S_noise): noise
+  added to raise sigma~ by gamma, then the Heun step; ``heun_step`` when S_churn = 0.
+* ``euler_ancestral_step`` (1): k-diffusion's Euler ancestral in (y, sigma~): an Euler step
+  to sigma_down, then sigma_up fresh noise (eta scales sigma_up); DDIM when eta = 0.
+* ``dpmpp_2m_sde_step`` (1): DPM-Solver++(2M) SDE (k-diffusion's midpoint form) in data
+  prediction; ``dpmpp_2m_step`` when eta = 0.
+
 Endpoint convention: the trajectory ends at the grid's last time (t_min, where sigma > 0);
 ``solve(..., denoise_to_zero=True)`` returns D(x, t_min) instead, one more NFE (EDM's last
 step to sigma_N = 0; DDPM's and DDIM's last step from step 0 to x_0).
@@ -68,9 +79,13 @@ __all__ = [
     "History",
     "NFE_PER_STEP",
     "SOLVERS",
+    "STOCHASTIC",
     "ddim_step",
+    "dpmpp_2m_sde_step",
     "dpmpp_2m_step",
     "dpmpp_3m_step",
+    "edm_stochastic_step",
+    "euler_ancestral_step",
     "euler_step",
     "heun_step",
     "solve",
@@ -225,15 +240,101 @@ def dpmpp_3m_step(
     return x_next.astype(x.dtype), _advance(carry, x0, t_cur)
 
 
+# ----------------------------------------------------------------------------- stochastic
+
+
+def edm_stochastic_step(
+    process: NoiseProcess, denoise_x0: X0Fn, x, t_cur, t_next, carry: History,
+    *, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0,
+):
+    """EDM's stochastic sampler (Karras et al. 2022, Algorithm 2) in y = x / alpha, sigma~.
+
+    gamma = min(S_churn / K, sqrt(2) - 1) where S_tmin <= sigma~ <= S_tmax (else 0); the
+    noise level is raised to sigma^ = (1 + gamma) sigma~ by adding sqrt(sigma^2 - sigma~^2)
+    S_noise z, then ``heun_step``'s update runs from sigma^ to sigma~_{t'} (Euler when it is
+    0). NFE 2 per step (1 on a step to sigma~ = 0). With S_churn = 0 it is ``heun_step``
+    exactly. The S_* parameters may be traced.
+    """
+    s_cur = process.edm_sigma(t_cur)
+    in_range = jnp.logical_and(s_cur >= s_tmin, s_cur <= s_tmax)
+    gamma = jnp.where(in_range, jnp.minimum(s_churn / carry.num_steps, jnp.sqrt(2.0) - 1.0), 0.0)
+    churned = gamma > 0
+    s_hat = s_cur * (1.0 + gamma)
+    t_hat = jnp.where(churned, process.t_from_edm_sigma(s_hat), t_cur).astype(jnp.asarray(t_cur).dtype)
+    z = jax.random.normal(step_key(carry), x.shape, x.dtype)
+    y_hat = x / process.alpha(t_cur) + jnp.sqrt(jnp.maximum(s_hat**2 - s_cur**2, 0.0)) * s_noise * z
+    x_hat = jnp.where(churned, process.alpha(t_hat) * y_hat, x).astype(x.dtype)
+    x_next, x0 = _heun_update(process, denoise_x0, x_hat, t_hat, t_next)
+    return x_next, _advance(carry, x0, t_hat)
+
+
+def euler_ancestral_step(
+    process: NoiseProcess, denoise_x0: X0Fn, x, t_cur, t_next, carry: History, *, eta=1.0, s_noise=1.0
+):
+    """k-diffusion's ``sample_euler_ancestral`` in y = x / alpha and sigma~ = ``edm_sigma``.
+
+    sigma_up = min(sigma~', eta sqrt(sigma~'^2 (sigma~^2 - sigma~'^2) / sigma~^2)),
+    sigma_down = sqrt(sigma~'^2 - sigma_up^2); an Euler step of dy/dsigma~ = (y - D)/sigma~
+    to sigma_down, then sigma_up S_noise z added: y' = y + (sigma_down - sigma~)(y - D)/sigma~
+    + sigma_up S_noise z, x' = alpha' y'. eta = 1 is ancestral sampling (the posterior's
+    variance in EDM's sigma); eta = 0 is DDIM (Euler in (y, sigma~)), to float rounding.
+    """
+    x0 = denoise_x0(x, t_cur)
+    s_cur, s_next = process.edm_sigma(t_cur), process.edm_sigma(t_next)
+    s_up = jnp.minimum(s_next, eta * jnp.sqrt(s_next**2 * (s_cur**2 - s_next**2) / s_cur**2))
+    s_down = jnp.sqrt(s_next**2 - s_up**2)
+    y = x / process.alpha(t_cur)
+    z = jax.random.normal(step_key(carry), x.shape, x.dtype)
+    y_next = y + (s_down - s_cur) * (y - x0) / s_cur + s_up * s_noise * z
+    return (process.alpha(t_next) * y_next).astype(x.dtype), _advance(carry, x0, t_cur)
+
+
+def dpmpp_2m_sde_step(
+    process: NoiseProcess, denoise_x0: X0Fn, x, t_cur, t_next, carry: History,
+    *, eta=1.0, s_noise=1.0, lower_order_final: bool = True,
+):
+    """DPM-Solver++(2M) SDE (Lu et al. 2022b, SDE-DPM-Solver++(2M); k-diffusion's
+    ``sample_dpmpp_2m_sde``, midpoint form) in data prediction, h = lambda_{t'} - lambda_t:
+
+        x' = (sigma'/sigma) e^{-eta h} x + alpha' (1 - e^{-(1 + eta) h}) D~
+             + sigma' sqrt(1 - e^{-2 eta h}) S_noise z,
+
+    D~ = x0_i + 1/(2r) (x0_i - x0_{i-1}), r = h_{i-1}/h (first order on the first step and,
+    with ``lower_order_final``, on the last). eta = 1 is the reverse SDE's exact solution for
+    a constant D (the data-prediction SDE-DPM-Solver); eta = 0 is ``dpmpp_2m_step`` exactly.
+    """
+    x0 = denoise_x0(x, t_cur)
+    lam_prev, lam_cur, lam_next = (_half_log_snr(process, t) for t in (carry.t, t_cur, t_next))
+    h = lam_next - lam_cur
+    first = carry.step == 0
+    last = jnp.logical_and(lower_order_final, carry.step == carry.num_steps - 1)
+    r = jnp.where(first, 1.0, (lam_cur - lam_prev) / h)
+    combined = jnp.where(jnp.logical_or(first, last), x0, x0 + (0.5 / r) * (x0 - carry.x0))
+    sigma_ratio = jnp.exp(process.log_sigma(t_next) - process.log_sigma(t_cur))
+    z = jax.random.normal(step_key(carry), x.shape, x.dtype)
+    noise = process.sigma(t_next) * jnp.sqrt(-jnp.expm1(-2.0 * eta * h)) * s_noise * z
+    x_next = (
+        sigma_ratio * jnp.exp(-eta * h) * x - process.alpha(t_next) * jnp.expm1(-(1.0 + eta) * h) * combined + noise
+    )
+    return x_next.astype(x.dtype), _advance(carry, x0, t_cur)
+
+
 SOLVERS = {
     "euler": euler_step, "ddim": ddim_step, "heun": heun_step, "dpmpp_2m": dpmpp_2m_step, "dpmpp_3m": dpmpp_3m_step,
+    "edm_stochastic": edm_stochastic_step, "euler_ancestral": euler_ancestral_step, "dpmpp_2m_sde": dpmpp_2m_sde_step,
 }
-"""The deterministic solvers by name; ``NFE_PER_STEP`` gives their denoiser calls per step."""
+"""The solvers by name; ``NFE_PER_STEP`` gives their denoiser calls per step. The last three
+are stochastic (``STOCHASTIC``): ``solve`` gives them its ``key``."""
+
+STOCHASTIC = ("edm_stochastic", "euler_ancestral", "dpmpp_2m_sde")
+"""The stochastic solvers of ``SOLVERS``; their parameters (S_churn, eta, ...) are keyword
+arguments, bound with ``functools.partial``."""
 
 NFE_PER_STEP = {
-    "euler": 1, "ddim": 1, "heun": 2, "dpmpp_2m": 1, "dpmpp_3m": 1,
+    "euler": 1, "ddim": 1, "heun": 2, "dpmpp_2m": 1, "dpmpp_3m": 1, "edm_stochastic": 2, "euler_ancestral": 1,
+    "dpmpp_2m_sde": 1,
 }
-"""Denoiser calls per step (``heun``: 1 on a step that lands on sigma~ = 0)."""
+"""Denoiser calls per step (``heun``, ``edm_stochastic``: 1 on a step that lands on sigma~ = 0)."""
 
 
 def solve(
