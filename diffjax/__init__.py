@@ -16,7 +16,8 @@ The pure diffusion math (``diffjax.diffusion``) is importable from the top level
 * ``solvers``: deterministic probability-flow ODE solvers in the continuous view (Euler,
   DDIM, EDM's Heun, DPM-Solver++ 2M and 3M) and stochastic samplers (EDM's Algorithm 2,
   Euler ancestral, DPM-Solver++(2M) SDE), by name in ``SOLVERS``, run by ``solve`` over a
-  time grid; ``x0_predictor`` makes a diffjax denoiser their data prediction.
+  time grid; ``x0_predictor`` makes a diffjax denoiser their data prediction, ``clip_x0``
+  and ``dynamic_threshold`` (Imagen) wrap it.
 * ``likelihood``: the full variational bound in bits/dim.
 
 A denoiser is any ``denoise(params, x_t, t, cond) -> output`` with x_t [B, ...] and t

@@ -444,3 +444,81 @@ def test_stochastic_solvers_are_reproducible_from_a_key(name):
     first, again, other = draw(key=jax.random.PRNGKey(6)), draw(key=jax.random.PRNGKey(6)), draw(key=jax.random.PRNGKey(7))
     np.testing.assert_array_equal(first, again)
     assert np.all(np.isfinite(first)) and not np.allclose(first, other)
+
+
+# ------------------------------------------------ clipping and dynamic thresholding
+
+
+def test_clip_x0_clips_the_prediction_to_the_data_range():
+    x0 = jnp.array([[-3.0, -1.0, -0.25], [0.5, 1.0, 7.0]])
+    clipped = solvers.clip_x0(lambda x, t: x)(x0, jnp.float32(0.5))
+    np.testing.assert_array_equal(clipped, [[-1.0, -1.0, -0.25], [0.5, 1.0, 1.0]])
+
+
+def test_dynamic_threshold_on_known_arrays():
+    """Per example s = max(quantile_p |x0|, 1): example 0 is 1..100 (the 0.9 quantile by
+    linear interpolation is 90 + 0.1 (91 - 90) = 90.1), so it becomes min(x, 90.1)/90.1;
+    example 1 lies within [-1, 1] (s = 1) and is unchanged; example 2 is -(1..100), the mirror
+    of example 0 (the quantile is of |x0|)."""
+    ramp = np.arange(1.0, 101.0)
+    x0 = np.stack([ramp, np.linspace(-1.0, 1.0, 100), -ramp])
+    got = np.asarray(jax.jit(solvers.dynamic_threshold(lambda x, t: x, percentile=0.9))(jnp.asarray(x0), 0.5))
+    np.testing.assert_allclose(got[0], np.minimum(ramp, 90.1) / 90.1, rtol=1e-6)
+    np.testing.assert_allclose(got[1], x0[1], rtol=1e-6)
+    np.testing.assert_allclose(got[2], -got[0], rtol=1e-6)
+    assert got[0, -1] == 1.0 and got[0, 89] < 1.0
+
+
+def test_thresholded_prediction_drives_a_solver():
+    """A denoiser whose prediction saturates (4 x) gives samples in [-1, 1] with either option
+    (the last step ends at D, so the sample is the thresholded prediction)."""
+    process = processes.VPLinear()
+    x_T = 3.0 * jax.random.normal(jax.random.PRNGKey(8), (32, 2))
+    grid = time_grids.uniform_log_snr(process, 4)
+    for wrap in (solvers.clip_x0, solvers.dynamic_threshold):
+        denoise_x0 = wrap(lambda x, t: 4.0 * x)
+        sample = solvers.solve(solvers.ddim_step, process, denoise_x0, x_T, grid, denoise_to_zero=True)
+        assert np.all(np.abs(np.asarray(sample)) <= 1.0 + 1e-6)
+
+
+# ------------------------------------------------------ classifier-free guidance
+
+NULL_CLASS = 2
+CLASS_MEANS = jnp.array([[0.6, -0.2], [-0.4, 0.5], [0.0, 0.0]])  # the last row: the null class
+
+
+def linear_conditional_x0(params, x_t, t, cond):
+    """A conditional x_0-predicting toy network, affine in x_t: (0.3 + 0.2 t) x + (1 - t/2) m_c."""
+    t = t[:, None]
+    return (0.3 + 0.2 * t) * x_t + (1.0 - 0.5 * t) * CLASS_MEANS[cond]
+
+
+@functools.partial(jax.jit, static_argnames=("name",))
+def sample_conditional(name, x_T, labels, guidance_weight, key):
+    process = processes.VPLinear()
+    denoise = linear_conditional_x0
+    if guidance_weight is not None:
+        denoise = samplers.classifier_free_guidance(denoise, guidance_weight, jnp.full_like(labels, NULL_CLASS))
+    denoise_x0 = solvers.x0_predictor(denoise, None, DiffusionSpec("x0", "fixed_small"), process, labels)
+    step = solvers.SOLVERS[name]
+    if name in STOCHASTIC_CASES:
+        step = functools.partial(step, **STOCHASTIC_CASES[name][0])
+    return solvers.solve(step, process, denoise_x0, x_T, time_grids.uniform_log_snr(process, 6), key=key)
+
+
+@pytest.mark.parametrize("name", sorted(solvers.SOLVERS))
+def test_classifier_free_guidance_with_every_solver(name):
+    """``samplers.classifier_free_guidance`` then ``x0_predictor``: at w = 0 the samples are the
+    conditional model's; at w = 2 they are 3 cond - 2 uncond (the samples of the conditional
+    and the null class), because with a denoiser affine in x every step, deterministic or
+    stochastic (same key), is affine in (x, D, noise) and the guided D is that combination of
+    the two. w is traced: one compilation for both weights."""
+    x_T = jax.random.normal(jax.random.PRNGKey(9), (8, 2))
+    labels = jnp.array([0, 1] * 4)
+    key = jax.random.PRNGKey(10)
+    conditional = sample_conditional(name, x_T, labels, None, key)
+    unconditional = sample_conditional(name, x_T, jnp.full_like(labels, NULL_CLASS), None, key)
+    np.testing.assert_allclose(sample_conditional(name, x_T, labels, jnp.float32(0.0), key), conditional, rtol=1e-5, atol=1e-6)
+    guided = sample_conditional(name, x_T, labels, jnp.float32(2.0), key)
+    np.testing.assert_allclose(guided, 3.0 * conditional - 2.0 * unconditional, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(guided, conditional, atol=1e-2)

@@ -55,6 +55,9 @@ The stochastic solvers (their parameters are keyword arguments, bound with
 * ``dpmpp_2m_sde_step`` (1): DPM-Solver++(2M) SDE (k-diffusion's midpoint form) in data
   prediction; ``dpmpp_2m_step`` when eta = 0.
 
+Options of the data-prediction solvers, as wrappers of ``denoise_x0``: ``clip_x0`` (clip D
+to [-1, 1]) and ``dynamic_threshold`` (Imagen's per-example percentile thresholding).
+
 Endpoint convention: the trajectory ends at the grid's last time (t_min, where sigma > 0);
 ``solve(..., denoise_to_zero=True)`` returns D(x, t_min) instead, one more NFE (EDM's last
 step to sigma_N = 0; DDPM's and DDIM's last step from step 0 to x_0).
@@ -73,17 +76,19 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.diffusion.parameterization import DiffusionSpec, split_output, x0_from_mean_part
-from diffjax.diffusion.processes import DiscreteVP, NoiseProcess
+from diffjax.diffusion.processes import DiscreteVP, NoiseProcess, expand_to_rank
 
 __all__ = [
     "History",
     "NFE_PER_STEP",
     "SOLVERS",
     "STOCHASTIC",
+    "clip_x0",
     "ddim_step",
     "dpmpp_2m_sde_step",
     "dpmpp_2m_step",
     "dpmpp_3m_step",
+    "dynamic_threshold",
     "edm_stochastic_step",
     "euler_ancestral_step",
     "euler_step",
@@ -426,3 +431,35 @@ def x0_predictor(
         return x0_from_mean_part(spec, x, mean_part, alpha, sigma)
 
     return denoise_x0
+
+
+# ------------------------------------------------------- options of data-prediction solvers
+
+
+def clip_x0(denoise_x0: X0Fn, low: float = -1.0, high: float = 1.0) -> X0Fn:
+    """``denoise_x0`` with its prediction clipped to [low, high] (static thresholding; data in
+    [-1, 1]). Wrap before handing it to a solver: every solver uses only D."""
+
+    def clipped(x, t):
+        return jnp.clip(denoise_x0(x, t), low, high)
+
+    return clipped
+
+
+def dynamic_threshold(denoise_x0: X0Fn, percentile: float = 0.995) -> X0Fn:
+    """Imagen's dynamic thresholding (Saharia et al. 2022, section 2.3) of ``denoise_x0``.
+
+    Per example, s = max(the ``percentile`` quantile of |x0_hat| over its elements (linear
+    interpolation, ``jnp.quantile``), 1); x0_hat is clipped to [-s, s] and divided by s. So
+    an example already in [-1, 1] is unchanged, a saturated one is pulled back inside.
+    ``percentile`` may be traced.
+    """
+
+    def thresholded(x, t):
+        x0 = denoise_x0(x, t)
+        magnitude = jnp.abs(x0).reshape(x0.shape[0], -1)
+        s = jnp.maximum(jnp.quantile(magnitude, percentile, axis=1), 1.0)
+        s = expand_to_rank(s, x0.ndim).astype(x0.dtype)
+        return jnp.clip(x0, -s, s) / s
+
+    return thresholded
