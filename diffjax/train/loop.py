@@ -126,7 +126,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, recipe: 
         recipe, mesh, num_samples=config.sample.num, steps=config.sample.steps, method=config.sample.method,
         eta=config.sample.eta, clip_denoised=config.sample.clip_denoised, guidance_weight=config.sample.guidance_weight,
     )
-    outputs = _RunOutputs(workdir, config, start_step, is_main, checkpointer)
+    outputs = _RunOutputs(workdir, config, start_step, is_main)
     preemption = PreemptionFlag()
     progress = tqdm(total=train.num_steps, initial=start_step, unit="step", dynamic_ncols=True, mininterval=1.0,
                     disable=not is_main)
@@ -180,6 +180,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, recipe: 
                     checkpointer.save(done, state, force=True)
                 break
     finally:
+        checkpointer.close()
         outputs.close()
         progress.close()
         preemption.restore()
@@ -190,12 +191,10 @@ class _RunOutputs:
     """What a training run writes besides checkpoints: ``config.json`` and its history,
     and the metrics (``writer``, on the main process only; None elsewhere). Opened only
     once the run has started, so that a launch that fails before leaves the workdir as it
-    was; closing it closes the checkpointer too."""
+    was."""
 
-    def __init__(self, workdir: str, config: ml_collections.ConfigDict, start_step: int, is_main: bool,
-                 checkpointer: Checkpointer):
+    def __init__(self, workdir: str, config: ml_collections.ConfigDict, start_step: int, is_main: bool):
         self._workdir, self._config, self._start_step, self._is_main = workdir, config, start_step, is_main
-        self._checkpointer = checkpointer
         self._opened = False
         self.writer: MetricsWriter | None = None
 
@@ -208,6 +207,5 @@ class _RunOutputs:
         self._opened = True
 
     def close(self) -> None:
-        self._checkpointer.close()
         if self.writer is not None:
             self.writer.close()
