@@ -16,7 +16,7 @@ import ml_collections
 
 from diffjax.data.toy2d import TOY_NAMES
 from diffjax.diffusion.losses import OBJECTIVES, WEIGHTINGS
-from diffjax.diffusion.parameterization import MEAN_TYPES, VAR_TYPES
+from diffjax.diffusion.parameterization import MEAN_TYPES, VAR_TYPES, DiffusionSpec
 from diffjax.diffusion.schedules import BETA_SCHEDULES, space_timesteps
 from diffjax.diffusion.timesteps import TIMESTEP_SAMPLERS
 from diffjax.errors import ConfigError
@@ -201,7 +201,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if d.schedule == "linear":
         _require(d.timesteps >= 50, "diffusion.timesteps", "the linear schedule needs T >= 50 (its betas are scaled by 1000/T)")
     if d.objective == "hybrid":
-        _require(d.var_type in ("learned", "learned_range"), "diffusion.var_type",
+        _require(DiffusionSpec(d.mean_type, d.var_type).learns_variance, "diffusion.var_type",
                  f"the hybrid objective trains the variance: use learned or learned_range, not {d.var_type!r}")
     _require(d.snr_gamma > 0, "diffusion.snr_gamma", "must be positive")
     for key, value in [("train.batch_size", tr.batch_size), ("train.num_steps", tr.num_steps),
