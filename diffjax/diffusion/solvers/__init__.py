@@ -1,0 +1,113 @@
+"""Solvers of the probability-flow ODE and the reverse SDE in the continuous view (``processes``).
+
+Every solver is one step function with the same signature,
+
+    step(process, denoise_x0, x, t_cur, t_next, carry) -> (x_next, carry)
+
+with ``process`` a ``processes.NoiseProcess``, ``denoise_x0(x, t) -> x0_hat`` the data
+prediction (EDM's D; build it from a diffjax denoiser with ``x0_predictor``), ``x`` [B, ...]
+the state at time ``t_cur`` (a scalar), ``t_next`` < ``t_cur`` the time it is moved to, and
+``carry`` a ``History`` (the data prediction and time of the previous step, for multistep
+solvers, and the step's index). ``solve`` drives any step over a time grid (``time_grids``:
+a float32 array from t_max down to t_min) inside one ``jax.lax.scan``; the grid is data, so a
+jitted ``solve`` compiles once per (step, grid length) whatever the grid's values.
+
+The probability-flow ODE of x_t = alpha_t x_0 + sigma_t eps (Song et al. 2021, eq. 13;
+Karras et al. 2022, eq. 4 with s = alpha) in data prediction D = E[x_0 | x_t] is
+
+    dx/dt = alpha_t' D + sigma_t' (x - alpha_t D) / sigma_t
+          = (log sigma_t)' x + ((log alpha_t)' - (log sigma_t)') alpha_t D,
+
+and in EDM's scaled variable y = x / alpha_t with sigma~_t = sigma_t / alpha_t as time it is
+dy/dsigma~ = (y - D) / sigma~ (Karras et al. 2022, eq. 3 after the change of variable).
+
+The solvers (NFE = denoiser calls per step):
+
+* ``euler_step`` (1): explicit Euler in t on the first form above; (log alpha)' and
+  (log sigma)' come from ``jax.jvp`` of the process (on a ``DiscreteVP`` they are the slopes
+  of its piecewise-linear table: the segment above t_cur on a knot). First order.
+* ``ddim_step`` (1): DDIM = first-order DPM-Solver++ (Lu et al. 2022b, eq. 9 with k = 1),
+  x_{t'} = (sigma_{t'}/sigma_t) x - alpha_{t'} (e^{-h} - 1) D(x, t), h = l_{t'} - l_t, with
+  l = log(alpha / sigma) the *half* log-SNR (``process.log_snr`` is 2 l). It is also Euler in
+  EDM's (y, sigma~) (k-diffusion's ``sample_euler``; Karras et al. 2022, section 3). First order.
+* ``heun_step`` (2): EDM's Heun (Karras et al. 2022, Algorithm 1, deterministic) in (y, sigma~):
+  an Euler step then the trapezoidal correction, skipped (a plain Euler step, 1 NFE) when
+  sigma~_{t'} = 0. For ``processes.EDM`` (alpha = 1) y is x and sigma~ is sigma. Second order.
+* ``dpmpp_2m_step`` (1): DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2): D_i = (1 + 1/(2r))
+  x0_i - 1/(2r) x0_{i-1}, r = h_{i-1}/h_i, in the first-order formula; first-order on the
+  first step (no history) and, with ``lower_order_final`` (default), on the last step
+  (the lower-order final step that keeps few-step sampling stable). Second order.
+* ``dpmpp_3m_step`` (1): DPM-Solver++(3M): the Taylor expansion of x0 in lambda to second
+  order (Lu et al. 2022b, eq. 8), its derivatives from the quadratic through the last three
+  predictions, each term integrated exactly; orders 1, 2 on the first two steps and, with
+  ``lower_order_final``, 2, 1 on the last two. Third order. The weight of the
+  second-derivative term is the exact integral's (h^2 - 2h + 2 - 2e^{-h})/(2h^2) (times
+  h^2 x0''/2); the weight phi_2/h - 1/2 of the 3M update in DPM-Solver's and k-diffusion's
+  code (as recalled, not re-checked here) is half of it, and with that half weight the
+  measured order on Gaussian data is ~1.9 (Karras grids, K = 32..256), not 3.
+
+The stochastic solvers (their parameters are keyword arguments, bound with
+``functools.partial``, and may be traced; the noise of step i is drawn from
+``fold_in(key, i)`` of ``solve``'s ``key``):
+
+* ``edm_stochastic_step`` (2): EDM's Algorithm 2 (S_churn, S_tmin, S_tmax, S_noise): noise
+  added to raise sigma~ by gamma, then the Heun step; ``heun_step`` when S_churn = 0.
+* ``euler_ancestral_step`` (1): k-diffusion's Euler ancestral in (y, sigma~): an Euler step
+  to sigma_down, then sigma_up fresh noise (eta scales sigma_up); DDIM when eta = 0.
+* ``dpmpp_2m_sde_step`` (1): DPM-Solver++(2M) SDE (k-diffusion's midpoint form) in data
+  prediction; ``dpmpp_2m_step`` when eta = 0.
+
+Options of the data-prediction solvers, as wrappers of ``denoise_x0``: ``clip_x0`` (clip D
+to [-1, 1]) and ``dynamic_threshold`` (Imagen's per-example percentile thresholding).
+
+Endpoint convention: the trajectory ends at the grid's last time (t_min, where sigma > 0);
+``solve(..., denoise_to_zero=True)`` returns D(x, t_min) instead, one more NFE (EDM's last
+step to sigma_N = 0; DDPM's and DDIM's last step from step 0 to x_0).
+
+References: Song et al. 2021 (score_sde) eq. 13; Song et al. 2021 (DDIM) eq. 13; Karras et
+al. 2022 (EDM) eqs. 3-4 and Algorithm 1; Lu et al. 2022a (DPM-Solver) and 2022b
+(DPM-Solver++) section 4 and Algorithm 2.
+"""
+
+from diffjax.diffusion.solvers.core import History, X0Fn, solve, step_key, x0_predictor
+from diffjax.diffusion.solvers.ode import ddim_step, dpmpp_2m_step, dpmpp_3m_step, euler_step, heun_step
+from diffjax.diffusion.solvers.options import clip_x0, dynamic_threshold
+from diffjax.diffusion.solvers.sde import dpmpp_2m_sde_step, edm_stochastic_step, euler_ancestral_step
+
+__all__ = [
+    "History",
+    "X0Fn",
+    "NFE_PER_STEP",
+    "SOLVERS",
+    "STOCHASTIC",
+    "clip_x0",
+    "ddim_step",
+    "dpmpp_2m_sde_step",
+    "dpmpp_2m_step",
+    "dpmpp_3m_step",
+    "dynamic_threshold",
+    "edm_stochastic_step",
+    "euler_ancestral_step",
+    "euler_step",
+    "heun_step",
+    "solve",
+    "step_key",
+    "x0_predictor",
+]
+
+SOLVERS = {
+    "euler": euler_step, "ddim": ddim_step, "heun": heun_step, "dpmpp_2m": dpmpp_2m_step, "dpmpp_3m": dpmpp_3m_step,
+    "edm_stochastic": edm_stochastic_step, "euler_ancestral": euler_ancestral_step, "dpmpp_2m_sde": dpmpp_2m_sde_step,
+}
+"""The solvers by name; ``NFE_PER_STEP`` gives their denoiser calls per step. The last three
+are stochastic (``STOCHASTIC``): ``solve`` gives them its ``key``."""
+
+STOCHASTIC = ("edm_stochastic", "euler_ancestral", "dpmpp_2m_sde")
+"""The stochastic solvers of ``SOLVERS``; their parameters (S_churn, eta, ...) are keyword
+arguments, bound with ``functools.partial``."""
+
+NFE_PER_STEP = {
+    "euler": 1, "ddim": 1, "heun": 2, "dpmpp_2m": 1, "dpmpp_3m": 1, "edm_stochastic": 2, "euler_ancestral": 1,
+    "dpmpp_2m_sde": 1,
+}
+"""Denoiser calls per step (``heun``, ``edm_stochastic``: 1 on a step that lands on sigma~ = 0)."""
