@@ -13,6 +13,8 @@
 * ``solvers``: deterministic probability-flow ODE solvers in the continuous view (Euler,
   DDIM, EDM's Heun, DPM-Solver++ 2M and 3M) and stochastic samplers (EDM's
   Algorithm 2, Euler ancestral, DPM-Solver++(2M) SDE) driven by one ``lax.scan`` over a time grid.
+* ``latent``: DDIM's latent space: deterministic encoding (a solver run up the reversed grid),
+  decoding, slerp of two latents and interpolation through them.
 * ``likelihood``: the full variational bound in bits/dim.
 * ``analytic``: the exact denoiser of a Gaussian mixture (tests and baselines).
 
