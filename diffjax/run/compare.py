@@ -5,12 +5,12 @@
 Reads each run's ``config.json``, ``metrics.jsonl`` and ``eval/*.json`` (what
 ``train_and_evaluate`` and ``diffjax.run.evaluate`` write), prints a table
 (experiment, schedule, objective, variance, steps trained, NLL in bits/dim, the sample
-metric at each evaluated number of sampling steps, training steps/s; the checkpoint the
+metric at each evaluated sampler (chain steps, or solver and NFE), training steps/s; the checkpoint the
 eval files come from) and writes it to
 ``--out`` with PNG plots next to it, named after the report (``report_schedules.png``,
 ``report_losses.png``, ``report_nll_per_t.png``, ``report_quality_vs_steps.png``):
 alpha_bar and log-SNR against t/T for the compared schedules, the loss curves, the NLL
-term at each t, and sample quality against the number of sampling steps. A plot whose
+term at each t, and sample quality against NFE, one line per run and sampler. A plot whose
 data no run has is left out. Missing files give empty cells, not errors.
 """
 
@@ -130,16 +130,27 @@ def _steps_per_sec(run: RunRecord) -> float | None:
     return float(np.median(speeds)) if speeds else None
 
 
-def _quality_columns(runs: Sequence[RunRecord]) -> list[tuple[str, int]]:
-    """(metric, number of sampling steps) pairs evaluated by any run, sorted."""
-    columns = set()
-    for run in runs:
-        if run.sample_quality:
-            metric = run.sample_quality.get("metric")
-            for row in run.sample_quality.get("results", []):
-                if metric in row:
-                    columns.add((metric, int(row["num_steps"])))
-    return sorted(columns)
+def _sampler_family(record: dict[str, Any], row: dict[str, Any]) -> str:
+    """The sampler a quality row was drawn with: a solver's name, or ``chain_ddpm`` / ``chain_ddim``
+    (records written before solvers existed have only the record's ``method``)."""
+    return row.get("solver") or f"chain_{record.get('method', '?')}"
+
+
+def _quality_points(run: RunRecord) -> list[tuple[str, str, int, int, Any]]:
+    """(metric, sampler family, NFE, steps, value) of each quality row of a run."""
+    record = run.sample_quality
+    if not record:
+        return []
+    metric = record.get("metric")
+    return [
+        (metric, _sampler_family(record, row), int(row.get("nfe", row["num_steps"])), int(row["num_steps"]), row[metric])
+        for row in record.get("results", []) if metric in row
+    ]
+
+
+def _quality_columns(runs: Sequence[RunRecord]) -> list[tuple[str, str, int, int]]:
+    """(metric, sampler family, NFE, steps) evaluated by any run, sorted."""
+    return sorted({point[:4] for run in runs for point in _quality_points(run)})
 
 
 def _eval_checkpoint(run: RunRecord) -> str | None:
@@ -157,6 +168,13 @@ def _nll_cell(run: RunRecord) -> str:
     return cell
 
 
+def _column_name(family: str, nfe: int, steps: int) -> str:
+    """"100 steps" for the discrete chain (NFE = steps), "dpmpp_2m 11 NFE" for a solver."""
+    if family.startswith("chain_"):
+        return f"{steps} steps"
+    return f"{family} {nfe} NFE"
+
+
 def summary_table(runs: Sequence[RunRecord]) -> tuple[list[str], list[list[str]]]:
     """The comparison table.
 
@@ -166,7 +184,7 @@ def summary_table(runs: Sequence[RunRecord]) -> tuple[list[str], list[list[str]]
     quality = _quality_columns(runs)
     headers = [
         "run", "experiment", "schedule", "objective", "var_type", "steps trained", "eval checkpoint", "NLL (bits/dim)",
-        *[f"{METRIC_TITLES.get(m, m)} @{k} steps" for m, k in quality],
+        *[f"{METRIC_TITLES.get(m, m)} @{_column_name(family, nfe, steps)}" for m, family, nfe, steps in quality],
         "train steps/s",
     ]
     rows = []
@@ -174,11 +192,7 @@ def summary_table(runs: Sequence[RunRecord]) -> tuple[list[str], list[list[str]]
         schedule = run.setting("diffusion", "schedule")
         timesteps = run.setting("diffusion", "timesteps")
         steps_trained = run.metrics[-1]["step"] if run.metrics else None
-        values = {}
-        if run.sample_quality:
-            metric = run.sample_quality.get("metric")
-            for row in run.sample_quality.get("results", []):
-                values[(metric, int(row["num_steps"]))] = row.get(metric)
+        values = {point[:4]: point[4] for point in _quality_points(run)}
         rows.append([
             run.name,
             _format(run.config.get("experiment") or None),
@@ -282,25 +296,27 @@ def plot_nll_per_t(runs: Sequence[RunRecord], path: str) -> bool:
 
 
 def plot_quality_vs_steps(runs: Sequence[RunRecord], path: str) -> bool:
-    """The sample metric against the number of sampling steps, one panel per metric."""
+    """The sample metric against NFE (network evaluations per sample; the number of steps for
+    the discrete chain), one panel per metric, one line per run and sampler."""
     by_metric: dict[str, list[tuple[str, list[int], list[float]]]] = {}
     for run in runs:
-        if not run.sample_quality:
-            continue
-        metric = run.sample_quality.get("metric")
-        points = sorted((int(r["num_steps"]), r[metric]) for r in run.sample_quality.get("results", []) if metric in r)
-        if points:
-            steps, values = zip(*points)
-            by_metric.setdefault(metric, []).append((run.name, list(steps), list(values)))
+        lines: dict[tuple[str, str], list[tuple[int, float]]] = {}
+        for metric, family, nfe, _, value in _quality_points(run):
+            lines.setdefault((metric, family), []).append((nfe, value))
+        families = {family for _, family in lines}
+        for (metric, family), points in sorted(lines.items()):
+            nfes, values = zip(*sorted(points))
+            label = run.name if len(families) == 1 and len(runs) > 1 else f"{run.name}: {family}"
+            by_metric.setdefault(metric, []).append((label, list(nfes), list(values)))
     if not by_metric:
         return False
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(by_metric), figsize=(6 * len(by_metric), 4), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(1, len(by_metric), figsize=(7 * len(by_metric), 4.5), dpi=100, squeeze=False)
     for ax, (metric, lines) in zip(axes[0], sorted(by_metric.items())):
-        for name, steps, values in lines:
-            ax.plot(steps, values, marker="o", label=name)
+        for name, nfes, values in lines:
+            ax.plot(nfes, values, marker="o", label=name)
         title = METRIC_TITLES.get(metric, metric)
-        ax.set(xlabel="sampling steps", ylabel=title, title=f"{title} vs steps")
+        ax.set(xlabel="NFE (network evaluations per sample)", ylabel=title, title=f"{title} vs NFE")
         ax.set_xscale("log")
         _finish_axes(ax, log_y=True)
     _save(fig, path)

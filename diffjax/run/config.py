@@ -22,6 +22,7 @@ from diffjax.diffusion.timesteps import TIMESTEP_SAMPLERS
 from diffjax.errors import ConfigError
 from diffjax.models.configs import NETWORKS, PRESETS, get_preset, hyperparameters
 from diffjax.models.layers import DOWNSAMPLE_PADDINGS
+from diffjax.runtime.sampling import SOLVER_OPTION_DEFAULTS, SamplerChoice
 from diffjax.runtime.xla_cpu import check_fusions
 
 __all__ = ["MODEL_COMMON_KEYS", "UNSET", "ConfigError", "base_config", "network_hyperparameters", "set_model", "validate"]
@@ -139,9 +140,15 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.async_checkpoints = True
 
     config.sample = ml_collections.ConfigDict()
-    config.sample.method = "ddim"  # "ddpm" (ancestral) or "ddim"
-    config.sample.steps = "ddim50"  # a respacing: "", "250", "10,15,20", "ddimN"
-    config.sample.eta = 0.0
+    # The discrete chain (solver "") or a continuous-time solver of diffusion.solvers (runtime/sampling.py).
+    config.sample.solver = ""  # "": the chain (method, steps a respacing); else e.g. "dpmpp_2m", "heun", "unipc_3"
+    config.sample.method = "ddim"  # the chain's step: "ddpm" (ancestral) or "ddim"
+    config.sample.steps = "ddim50"  # chain: a respacing ("", "250", "10,15,20", "ddimN"); solver: K steps ("10")
+    config.sample.eta = 0.0  # the chain's DDIM eta
+    config.sample.grid = "uniform_log_snr"  # solver: uniform_t, uniform_log_snr, karras, quadratic, discrete_<rule>
+    config.sample.rho = 7.0  # the karras grid's rho
+    config.sample.dynamic_threshold = 0.0  # solver: Imagen's percentile (e.g. 0.995) instead of clipping; 0: off
+    config.sample.solver_options = ml_collections.ConfigDict(dict(SOLVER_OPTION_DEFAULTS))  # stochastic solvers'
     config.sample.num = 64
     config.sample.clip_denoised = True
     config.sample.guidance_weight = 0.0
@@ -152,7 +159,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval.split = ""  # "": the data set's own evaluation split
     config.eval.batch_size = 256
     config.eval.num_examples = 0  # 0: the whole split
-    config.eval.sample_steps = ""  # respacings to score samples at, e.g. "ddim25 ddim50 250"; "": sample.steps
+    # What to score samples at: respacings of the chain and SOLVER:K pairs, e.g. "ddim25 250 dpmpp_2m:10 heun:5";
+    # "": config.sample's choice.
+    config.eval.sample_steps = ""
     config.eval.num_samples = 1000
     config.eval.nll_chain = ""  # "": the full T-step bound; a respacing gives a cheaper K-step bound
     config.eval.nll_seed = 0
@@ -220,13 +229,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(config.data.num_classes >= 0, "data.num_classes", "must be non-negative")
     if s.guidance_weight != 0:
         _require(config.data.num_classes > 0, "sample.guidance_weight", "guidance needs a class-conditional model (data.num_classes > 0)")
-    for key, spacings in [("sample.steps", [s.steps]), ("eval.nll_chain", [config.eval.nll_chain]),
-                          ("eval.sample_steps", config.eval.sample_steps.replace(";", " ").split())]:
-        for spacing in spacings:
-            try:
-                space_timesteps(d.timesteps, spacing)
-            except ValueError as error:
-                raise ConfigError(f"config.{key}: {error}") from None
+    choices = [("sample.steps" if not s.solver else "sample", SamplerChoice.from_config(s))]
+    choices += [("eval.sample_steps", SamplerChoice.from_config(s, entry))
+                for entry in config.eval.sample_steps.replace(";", " ").split()]
+    for key, choice in choices:
+        try:
+            choice.check(d.timesteps)
+            if not choice.solver:
+                space_timesteps(d.timesteps, choice.steps)
+        except ValueError as error:
+            where = f"config.{key}" if key == "sample.steps" else f"config.{key} ({choice.label})"
+            raise ConfigError(f"{where}: {error}") from None
+    try:
+        space_timesteps(d.timesteps, config.eval.nll_chain)
+    except ValueError as error:
+        raise ConfigError(f"config.eval.nll_chain: {error}") from None
     _require(config.eval.num_samples > 0, "eval.num_samples", "must be positive")
     _require(config.eval.fid_image_size >= 75, "eval.fid_image_size", "Inception-v3 needs at least 75 (299 for FID)")
     _require(config.eval.fid_batch_size > 0, "eval.fid_batch_size", "must be positive")

@@ -9,11 +9,14 @@ writes, under ``workdir/eval/``:
   and per-t terms (see ``diffjax.evaluation.nll``); ``config.eval.nll_chain`` a respacing
   for a cheaper K-step bound, ``config.eval.nll_seed`` its noise. Data sets without an
   evaluation split (the 2-D toys) have none.
-* ``sample_quality.json``: for each respacing of ``config.eval.sample_steps`` (default:
-  ``config.sample.steps``), ``config.eval.num_samples`` samples from the EMA params with
-  the config's sampler (``config.sample.method``, ``eta``, ``clip_denoised``,
-  ``guidance_weight``), every step count starting from the same x_T, scored by the data's
-  metric (``diffjax.run.scorers``), plus ``samples_<steps>.png`` pictures of the first ones.
+* ``sample_quality.json``: for each entry of ``config.eval.sample_steps`` (default: the
+  choice of ``config.sample``), ``config.eval.num_samples`` samples from the EMA params,
+  every entry starting from the same x_T, scored by the data's metric
+  (``diffjax.run.scorers``), plus ``samples_<entry>.png`` pictures of the first ones. An
+  entry is a respacing of the discrete chain ("ddim25", "250": ``config.sample.method``,
+  ``eta``) or a solver and its step count ("dpmpp_2m:10": ``config.sample.grid`` and the
+  solver options); each row records its NFE (network evaluations per sample) and settings
+  (``runtime.sampling.SamplerChoice``).
 """
 
 from __future__ import annotations
@@ -30,13 +33,12 @@ import ml_collections
 from absl import logging
 
 from diffjax.data.errors import UnknownDatasetError
-from diffjax.diffusion.schedules import respace
 from diffjax.evaluation.nll import nll_of_state, write_nll_json
 from diffjax.run.restore import chosen_params, restore_train_state
 from diffjax.run.scorers import sample_scorer
 from diffjax.runtime.mesh import make_mesh
 from diffjax.runtime.recipe import Recipe
-from diffjax.runtime.sampling import make_sampler
+from diffjax.runtime.sampling import SamplerChoice, make_sampler
 
 __all__ = ["evaluate", "sampling_step_list"]
 
@@ -144,22 +146,24 @@ def evaluate(
             result["nll"] = {**nll.to_json(), **extra}
 
     if scorer is not None:
-        steps_list = sampling_step_list(e.sample_steps or config.sample.steps)
+        entries = sampling_step_list(e.sample_steps) if e.sample_steps else [None]
+        choices = [SamplerChoice.from_config(config.sample, entry) for entry in entries]
         key = jax.random.fold_in(jax.random.PRNGKey(config.train.seed + 2), checkpoint_step)
         s = config.sample
+        schedule = recipe.diffusion.schedule
         rows = []
-        for steps in steps_list:
+        for choice in choices:
             started = time.perf_counter()
-            draw = make_sampler(
-                recipe, mesh, num_samples=e.num_samples, steps=steps, method=s.method, eta=s.eta,
-                clip_denoised=s.clip_denoised, guidance_weight=s.guidance_weight,
-            )
-            samples = draw(params, key)  # the same key: every step count starts from the same x_T
+            draw = make_sampler(recipe, mesh, num_samples=e.num_samples, choice=choice)
+            samples = draw(params, key)  # the same key: every choice starts from the same x_T
             seconds = time.perf_counter() - started
-            num_steps = respace(recipe.diffusion.schedule, steps)[0].num_timesteps
-            rows.append({"steps": steps, "num_steps": num_steps, **scorer.score(samples), "seconds": seconds})
+            rows.append({
+                "steps": choice.steps, "num_steps": choice.num_steps(schedule), "nfe": choice.nfe(schedule),
+                "sampler": choice.label, "solver": choice.solver or f"chain_{choice.method}",
+                **scorer.score(samples), "seconds": seconds, "settings": choice.settings(),
+            })
             if is_main:
-                picture = os.path.join(eval_dir, f"samples_{steps or 'full'}.png")
+                picture = os.path.join(eval_dir, f"samples_{choice.label.replace(':', '_')}.png")
                 recipe.save_samples(samples[:_PICTURE_SAMPLES], picture)
         record = {
             "checkpoint_step": checkpoint_step,

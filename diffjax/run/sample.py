@@ -27,11 +27,10 @@ import numpy as np
 from jax.sharding import Mesh
 
 from diffjax.data.pictures import to_uint8
-from diffjax.diffusion.schedules import respace
 from diffjax.errors import ConfigError, UserError
 from diffjax.run.restore import chosen_params, restore_train_state
 from diffjax.runtime.mesh import make_mesh
-from diffjax.runtime.sampling import make_sampler
+from diffjax.runtime.sampling import SamplerChoice, make_sampler
 
 __all__ = ["GRID_SIZE", "OutputNotWritableError", "ensure_writable", "generate", "generate_samples", "sample_tag"]
 
@@ -42,10 +41,14 @@ MAX_GRIDS = 16
 def sample_tag(sample_config: ml_collections.ConfigDict, params_name: str, checkpoint_step: int) -> str:
     """A file name stem that says how the samples were made."""
     s = sample_config
-    steps = s.steps or "full"
-    method = f"ddim_eta{s.eta:g}" if s.method == "ddim" else s.method
+    choice = SamplerChoice.from_config(s)
+    if choice.solver:
+        sampler = f"{choice.solver}_{choice.steps}_{choice.grid}"
+    else:
+        method = f"ddim_eta{s.eta:g}" if s.method == "ddim" else s.method
+        sampler = f"{method}_{s.steps or 'full'}"
     guidance = f"_w{s.guidance_weight:g}" if s.guidance_weight else ""
-    return f"step{checkpoint_step}_{params_name}_{method}_{steps}{guidance}_n{s.num}_seed{s.seed}"
+    return f"step{checkpoint_step}_{params_name}_{sampler}{guidance}_n{s.num}_seed{s.seed}"
 
 
 class OutputNotWritableError(UserError, OSError):
@@ -99,10 +102,8 @@ def generate_samples(
         raise ConfigError(f"config.sample.batch_size={s.batch_size} must be a multiple of the {devices} devices")
     if jax.process_index() == 0:
         ensure_writable(out_dir)  # fail now, not after sampling
-    draw = make_sampler(
-        recipe, mesh, num_samples=s.batch_size, steps=s.steps, method=s.method, eta=s.eta,
-        clip_denoised=s.clip_denoised, guidance_weight=s.guidance_weight,
-    )
+    choice = SamplerChoice.from_config(s)
+    draw = make_sampler(recipe, mesh, num_samples=s.batch_size, choice=choice)
     root = jax.random.PRNGKey(s.seed)
     conditional = recipe.num_classes > 0
     chunks, label_chunks = [], []
@@ -121,12 +122,9 @@ def generate_samples(
     metadata = {
         "checkpoint_step": checkpoint_step,
         "params": params_name,
-        "method": s.method,
-        "steps": s.steps,
-        "num_steps": respace(recipe.diffusion.schedule, s.steps)[0].num_timesteps,
-        "eta": s.eta,
-        "clip_denoised": s.clip_denoised,
-        "guidance_weight": s.guidance_weight,
+        **choice.settings(),
+        "num_steps": choice.num_steps(recipe.diffusion.schedule),
+        "nfe": choice.nfe(recipe.diffusion.schedule),
         "num": s.num,
         "batch_size": s.batch_size,
         "seed": s.seed,

@@ -1,8 +1,23 @@
-"""Generating samples from a trained model, sharded over the devices."""
+"""Generating samples from a trained model, sharded over the devices: the discrete chain
+(DDPM ancestral / DDIM on a respaced schedule) or any continuous-time solver of
+``diffusion.solvers`` over a time grid.
+
+A ``SamplerChoice`` says how samples are drawn; ``make_sampler`` compiles it. What a
+compiled sampler is specialised on (changing it recompiles): the solver and its static
+options (UniPC's order, the corrector steps), the number of steps K (the scan's length and
+the grid's shape), the batch shape, the clipping / thresholding choice, and the model.
+What it is not specialised on: the grid's values, the guidance weight, eta and the other
+stochastic parameters, and the key. They are arguments of the compiled function.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import functools
+import inspect
+import math
+import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -11,59 +26,210 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from diffjax.diffusion import solvers, time_grids
+from diffjax.diffusion.processes import discrete_process
 from diffjax.diffusion.samplers import classifier_free_guidance, sample
-from diffjax.diffusion.schedules import respace
+from diffjax.diffusion.schedules import Schedule, respace
 from diffjax.models.denoiser import make_denoise_fn
 from diffjax.runtime.mesh import data_sharding, replicated_sharding
 
-__all__ = ["make_sampler"]
+__all__ = ["GRID_NAMES", "SOLVER_OPTION_DEFAULTS", "SamplerChoice", "make_sampler", "solver_grid"]
+
+SOLVER_OPTION_DEFAULTS = {
+    "eta": 1.0, "s_churn": 0.0, "s_tmin": 0.0, "s_tmax": math.inf, "s_noise": 1.0, "snr": 0.16,
+}
+"""The stochastic solvers' traced keyword options and their defaults (``config.sample.solver_options``):
+eta (Euler ancestral, DPM-Solver++(2M) SDE), S_churn / S_tmin / S_tmax / S_noise (EDM's
+Algorithm 2; S_noise also scales the others' noise) and snr (score_sde's Langevin corrector).
+Each solver receives the ones its step function accepts."""
+
+DISCRETE_GRID_PREFIX = "discrete_"
+GRID_NAMES = (*time_grids.GRIDS, *(DISCRETE_GRID_PREFIX + rule for rule in time_grids.DISCRETE_RULES))
+"""``config.sample.grid``: a continuous grid of ``time_grids.GRIDS`` (fractional model steps
+between the trained ones) or ``discrete_<rule>`` (the trained integer steps strided by
+``time_grids.discrete_grid``'s rule)."""
+
+_ENTRY = re.compile(r"^([a-z0-9_]+):(\d+)$")
 
 
-def make_sampler(
-    recipe,
-    mesh: Mesh,
-    *,
-    num_samples: int,
-    steps: str,
-    method: str,
-    eta: float = 0.0,
-    clip_denoised: bool = True,
-    guidance_weight: float = 0.0,
-) -> Callable[[Any, jax.Array, Any], np.ndarray]:
+@dataclasses.dataclass(frozen=True)
+class SamplerChoice:
+    """How samples are drawn.
+
+    Attributes:
+      solver: "" for the discrete chain (``method`` on the schedule respaced by ``steps``),
+        else a key of ``solvers.SOLVERS`` run for ``steps`` steps over ``grid``.
+      steps: a respacing string for the chain ("ddim50", "250", ""), or the number of
+        solver steps K ("10").
+      method: the chain's step, "ddpm" (ancestral, the model's own variance) or "ddim".
+      eta: the chain's DDIM eta.
+      clip_denoised: clip the data prediction to [-1, 1] (both paths).
+      dynamic_threshold: > 0: Imagen's dynamic thresholding at this percentile instead of
+        clipping (solvers only).
+      guidance_weight: classifier-free guidance w (conditional models).
+      grid: a name of ``GRID_NAMES`` (solvers only).
+      rho: the Karras grid's rho.
+      solver_options: (name, value) pairs of ``SOLVER_OPTION_DEFAULTS`` (solvers only).
+    """
+
+    solver: str = ""
+    steps: str = "ddim50"
+    method: str = "ddim"
+    eta: float = 0.0
+    clip_denoised: bool = True
+    dynamic_threshold: float = 0.0
+    guidance_weight: float = 0.0
+    grid: str = "uniform_log_snr"
+    rho: float = 7.0
+    solver_options: tuple[tuple[str, float], ...] = tuple(SOLVER_OPTION_DEFAULTS.items())
+
+    @classmethod
+    def from_config(cls, sample_config: Any, entry: str | None = None) -> SamplerChoice:
+        """The choice of ``config.sample``; ``entry`` (an item of ``config.eval.sample_steps``)
+        overrides it: "SOLVER:K" (e.g. "dpmpp_2m:10") picks that solver and K, anything else
+        is a respacing of the discrete chain with ``sample.method``."""
+        s = sample_config
+        options = {**SOLVER_OPTION_DEFAULTS, **dict(s.solver_options)}
+        choice = cls(
+            solver=s.solver, steps=str(s.steps), method=s.method, eta=float(s.eta), clip_denoised=bool(s.clip_denoised),
+            dynamic_threshold=float(s.dynamic_threshold), guidance_weight=float(s.guidance_weight), grid=s.grid,
+            rho=float(s.rho), solver_options=tuple(sorted((k, float(v)) for k, v in options.items())),
+        )
+        if entry is None:
+            return choice
+        match = _ENTRY.match(entry)
+        if match:
+            return dataclasses.replace(choice, solver=match.group(1), steps=match.group(2))
+        return dataclasses.replace(choice, solver="", steps=entry)
+
+    def check(self, num_timesteps: int) -> None:
+        """Raise ``ValueError`` naming what is wrong for a model trained on T = ``num_timesteps``."""
+        if not self.solver:
+            if self.method not in ("ddpm", "ddim"):
+                raise ValueError(f"unknown sampling method {self.method!r}; expected 'ddpm' or 'ddim'")
+            return
+        if self.solver not in solvers.SOLVERS:
+            raise ValueError(f"unknown solver {self.solver!r}; known solvers: {sorted(solvers.SOLVERS)}")
+        if not self.steps.isdigit() or int(self.steps) < 1:
+            raise ValueError(f"a solver takes a number of steps K >= 1, got steps={self.steps!r}")
+        if self.grid not in GRID_NAMES:
+            raise ValueError(f"unknown grid {self.grid!r}; known grids: {list(GRID_NAMES)}")
+        if self.grid.startswith(DISCRETE_GRID_PREFIX) and int(self.steps) >= num_timesteps:
+            raise ValueError(f"a discrete grid has fewer than T = {num_timesteps} steps, got {self.steps}")
+        unknown = set(dict(self.solver_options)) - set(SOLVER_OPTION_DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown solver options {sorted(unknown)}; known: {sorted(SOLVER_OPTION_DEFAULTS)}")
+        if not 0.0 <= self.dynamic_threshold < 1.0:
+            raise ValueError(f"dynamic_threshold is a percentile in (0, 1) or 0 (off), got {self.dynamic_threshold}")
+
+    @property
+    def label(self) -> str:
+        """"dpmpp_2m:10" or the chain's respacing ("ddim50", "100", "full")."""
+        return f"{self.solver}:{self.steps}" if self.solver else (self.steps or "full")
+
+    def num_steps(self, schedule: Schedule) -> int:
+        """Steps taken: K for a solver, the respaced chain's length otherwise."""
+        return int(self.steps) if self.solver else respace(schedule, self.steps)[0].num_timesteps
+
+    def nfe(self, schedule: Schedule) -> int:
+        """Network evaluations per sample (a guided model's two passes count once, as in the
+        papers): K x the solver's NFE per step + 1 (the final denoising to x_0), or the
+        chain's length."""
+        if not self.solver:
+            return self.num_steps(schedule)
+        return solvers.NFE_PER_STEP[self.solver] * int(self.steps) + 1
+
+    def settings(self) -> dict[str, Any]:
+        """The settings that made the samples, for the records next to them."""
+        common = {"label": self.label, "clip_denoised": self.clip_denoised, "guidance_weight": self.guidance_weight}
+        if not self.solver:
+            return {**common, "sampler": "chain", "method": self.method, "steps": self.steps, "eta": self.eta}
+        return {**common, "sampler": "solver", "solver": self.solver, "steps": int(self.steps), "grid": self.grid,
+                "rho": self.rho, "dynamic_threshold": self.dynamic_threshold,
+                "solver_options": _accepted_options(self.solver, dict(self.solver_options))}
+
+
+def _accepted_options(solver: str, options: Mapping[str, float]) -> dict[str, float]:
+    """The options the solver's step takes as keyword arguments."""
+    step = solvers.SOLVERS[solver]
+    bound = step.keywords if isinstance(step, functools.partial) else {}
+    function = step.func if isinstance(step, functools.partial) else step
+    parameters = inspect.signature(function).parameters
+    return {k: v for k, v in options.items() if k in parameters and k not in bound}
+
+
+def solver_grid(choice: SamplerChoice, schedule: Schedule) -> jax.Array:
+    """The time grid [K + 1] of a solver choice for a model trained on ``schedule``."""
+    process = discrete_process(schedule)
+    num_steps = int(choice.steps)
+    if choice.grid.startswith(DISCRETE_GRID_PREFIX):
+        return time_grids.discrete_grid(schedule.num_timesteps, num_steps, choice.grid[len(DISCRETE_GRID_PREFIX):])
+    if choice.grid == "karras":
+        return time_grids.karras(process, num_steps, rho=choice.rho)
+    return time_grids.GRIDS[choice.grid](process, num_steps)
+
+
+def make_sampler(recipe, mesh: Mesh, *, num_samples: int, choice: SamplerChoice) -> Callable[..., np.ndarray]:
     """A compiled ``draw(params, key, labels=None) -> samples`` (numpy [N, *input_shape]).
 
-    The chain is the recipe's schedule respaced by ``steps`` (e.g. "ddim50", "250", ""),
-    run in one ``lax.scan``; the N samples are split over the devices along ``data``
-    (N is rounded up to a multiple of the device count and cut back). Class-conditional
-    models get ``labels`` (int32 [N]; default: 0, 1, 2, ... cycling) and guidance weight w.
+    The discrete chain (``choice.solver == ""``) is the recipe's schedule respaced by
+    ``choice.steps`` run in one ``lax.scan`` (``samplers.sample``); a solver runs over
+    ``solver_grid(choice, ...)`` on the schedule's continuous view
+    (``processes.discrete_process``: the network is called with fractional steps between
+    the trained ones on a continuous grid) and ends with the denoising step to x_0 at the
+    grid's last time. Both start from x_T ~ N(0, I) drawn from ``key``, so the same key
+    gives every choice the same x_T. The N samples are split over the devices along
+    ``data`` (N is rounded up to a multiple of the device count and cut back).
+    Class-conditional models get ``labels`` (int32 [N]; default 0, 1, 2, ... cycling).
 
     Args:
       recipe: the experiment's ``Recipe``.
       mesh: the data mesh.
       num_samples: N.
-      steps: respacing string for sampling.
-      method: "ddpm" or "ddim".
-      eta: DDIM's eta.
-      clip_denoised: clip x_0-hat to [-1, 1].
-      guidance_weight: classifier-free guidance w (conditional models only).
+      choice: how to sample (``SamplerChoice.from_config(config.sample)``).
     """
-    schedule, _ = respace(recipe.diffusion.schedule, steps)
+    schedule = recipe.diffusion.schedule
+    choice.check(schedule.num_timesteps)
     devices = mesh.devices.size
     padded = -(-num_samples // devices) * devices
     shape = (padded, *recipe.input_shape)
     denoise = make_denoise_fn(
         recipe.model, num_timesteps=schedule.original_num_timesteps, rescale_timesteps=recipe.rescale_timesteps
     )
-    if recipe.num_classes > 0 and guidance_weight != 0:
-        null = jnp.full((padded,), recipe.num_classes, jnp.int32)
-        denoise = classifier_free_guidance(denoise, guidance_weight, null)
+    guided = recipe.num_classes > 0 and choice.guidance_weight != 0
+    null = jnp.full((padded,), recipe.num_classes, jnp.int32)
 
-    def draw(params, key, labels):
-        x_T = jax.lax.with_sharding_constraint(jax.random.normal(key, shape, jnp.float32), data_sharding(mesh))
-        return sample(
-            denoise, params, schedule, recipe.diffusion.spec, jax.random.fold_in(key, 1), shape, labels,
-            method=method, eta=eta, clip_denoised=clip_denoised, x_T=x_T,
-        )
+    def network(guidance_weight):
+        """The denoiser, guided with the traced weight w when guidance was asked for."""
+        return classifier_free_guidance(denoise, guidance_weight, null) if guided else denoise
+
+    if choice.solver:
+        process = discrete_process(schedule)
+        options = _accepted_options(choice.solver, dict(choice.solver_options))
+
+        def draw(params, key, labels, guidance_weight, grid, options):
+            x_T = jax.lax.with_sharding_constraint(jax.random.normal(key, shape, jnp.float32), data_sharding(mesh))
+            denoise_x0 = solvers.x0_predictor(network(guidance_weight), params, recipe.diffusion.spec, process, labels)
+            if choice.dynamic_threshold > 0:
+                denoise_x0 = solvers.dynamic_threshold(denoise_x0, choice.dynamic_threshold)
+            elif choice.clip_denoised:
+                denoise_x0 = solvers.clip_x0(denoise_x0)
+            step = functools.partial(solvers.SOLVERS[choice.solver], **options)
+            return solvers.solve(step, process, denoise_x0, x_T, grid, key=jax.random.fold_in(key, 1),
+                                 denoise_to_zero=True)
+
+        arguments = (solver_grid(choice, schedule), {k: jnp.float32(v) for k, v in options.items()})
+    else:
+        chain, _ = respace(schedule, choice.steps)
+
+        def draw(params, key, labels, guidance_weight, eta):
+            x_T = jax.lax.with_sharding_constraint(jax.random.normal(key, shape, jnp.float32), data_sharding(mesh))
+            return sample(
+                network(guidance_weight), params, chain, recipe.diffusion.spec, jax.random.fold_in(key, 1), shape,
+                labels, method=choice.method, eta=eta, clip_denoised=choice.clip_denoised, x_T=x_T,
+            )
+
+        arguments = (jnp.float32(choice.eta),)
 
     compiled = jax.jit(draw, out_shardings=data_sharding(mesh))
     replicated = replicated_sharding(mesh)
@@ -74,7 +240,7 @@ def make_sampler(
             labels = jax.device_put(jnp.asarray(labels, jnp.int32), replicated)
         else:
             labels = None
-        samples = compiled(params, key, labels)
+        samples = compiled(params, key, labels, jnp.float32(choice.guidance_weight), *arguments)
         if jax.process_count() > 1:
             samples = multihost_utils.process_allgather(samples, tiled=True)
         return np.asarray(samples)[:num_samples]

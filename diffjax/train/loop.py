@@ -19,7 +19,7 @@ from diffjax.models.denoiser import init_params
 from diffjax.runtime.checkpoint import Checkpointer, PreemptionFlag
 from diffjax.runtime.mesh import global_batch, make_mesh, replicated_sharding
 from diffjax.runtime.recipe import Recipe
-from diffjax.runtime.sampling import make_sampler
+from diffjax.runtime.sampling import SamplerChoice, make_sampler
 from diffjax.train.metrics import MetricsWriter
 from diffjax.train.optim import make_optimizer
 from diffjax.train.state import TrainState, init_train_state
@@ -122,10 +122,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, recipe: 
         state = init(jax.random.PRNGKey(train.seed))
 
     step_fn = make_train_step(recipe, optimizer, train.ema_decay, mesh)
-    draw = make_sampler(
-        recipe, mesh, num_samples=config.sample.num, steps=config.sample.steps, method=config.sample.method,
-        eta=config.sample.eta, clip_denoised=config.sample.clip_denoised, guidance_weight=config.sample.guidance_weight,
-    )
+    draw = make_sampler(recipe, mesh, num_samples=config.sample.num, choice=SamplerChoice.from_config(config.sample))
     outputs = _RunOutputs(workdir, config, start_step, is_main)
     preemption = PreemptionFlag()
     progress = tqdm(total=train.num_steps, initial=start_step, unit="step", dynamic_ncols=True, mininterval=1.0,
