@@ -213,19 +213,23 @@ def test_evaluate_restores_and_writes_eval_files_that_compare_reads(toy_setup, t
     recipe = dataclasses.replace(recipe, eval_batches=lambda: batches_of(data, 4))
 
     config = config.copy_and_resolve_references()
-    config.eval.update(sample_steps="ddim2 ddim5", num_samples=64)
+    config.eval.update(sample_steps="ddim2 ddim5 dpmpp_2m:3", num_samples=64)
     result = evaluate(config, workdir, recipe)
 
     nll = read_json(os.path.join(workdir, "eval", "nll.json"))
     assert nll == result["nll"] and nll["bound"] == "T-step" and nll["num_examples"] == 10
     assert nll["params"] == "ema" and nll["checkpoint_step"] == 0 and len(nll["vb_bpd"]) == 20
     quality = read_json(os.path.join(workdir, "eval", "sample_quality.json"))
-    assert quality["metric"] == "mmd" and [r["num_steps"] for r in quality["results"]] == [2, 5]
+    assert quality["metric"] == "mmd" and [r["num_steps"] for r in quality["results"]] == [2, 5, 3]
+    assert [r["nfe"] for r in quality["results"]] == [2, 5, 4]  # the solver's 3 steps + the final denoising
+    assert [r["solver"] for r in quality["results"]] == ["chain_ddim", "chain_ddim", "dpmpp_2m"]
+    assert quality["results"][2]["settings"]["grid"] == "uniform_log_snr"
     assert all(np.isfinite(r["mmd"]) and r["sliced_wasserstein"] > 0 for r in quality["results"])
     assert os.path.exists(os.path.join(workdir, "eval", "samples_ddim5.png"))
 
     report = write_report([workdir], str(tmp_path / "report.md"))
     assert "MMD² @2 steps" in report and "MMD² @5 steps" in report
+    assert "MMD² @dpmpp_2m 4 NFE" in report and os.path.exists(tmp_path / "report_quality_vs_steps.png")
     assert f"{nll['bpd']:.4g}" in report
     assert os.path.exists(tmp_path / "report_nll_per_t.png")
 
@@ -256,6 +260,14 @@ def test_generate_writes_reproducible_samples_of_a_checkpoint(toy_setup, tmp_pat
     config.sample.seed = 8
     with np.load(generate(config, workdir, recipe)["npz"]) as f:
         assert np.abs(f["samples"] - samples[:6]).min() > 0
+
+    # A solver: its name, steps and grid in the file name, its NFE in the record.
+    config.sample.update(solver="heun", steps="2", grid="karras")
+    meta = generate(config, workdir, recipe)
+    assert os.path.basename(meta["npz"]) == "step3_ema_heun_2_karras_n6_seed8.npz"
+    assert meta["nfe"] == 5 and meta["solver"] == "heun" and meta["num_steps"] == 2
+    with np.load(meta["npz"]) as f:
+        assert np.all(np.isfinite(f["samples"])) and f["samples"].shape == (6, 2)
 
 
 def test_sampling_step_list():

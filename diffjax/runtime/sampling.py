@@ -233,16 +233,42 @@ def make_sampler(recipe, mesh: Mesh, *, num_samples: int, choice: SamplerChoice)
 
     compiled = jax.jit(draw, out_shardings=data_sharding(mesh))
     replicated = replicated_sharding(mesh)
+    traced_names = ("grid", "solver_options") if choice.solver else ("eta",)
 
-    def run(params, key, labels=None):
+    def run(params, key, labels=None, *, guidance_weight=None, **traced):
+        """Samples [N, *input_shape] of ``params`` from ``key``. The traced settings may be
+        changed per call without recompiling: ``guidance_weight``, and ``grid`` (float [K + 1])
+        and ``solver_options`` (a dict of the solver's options) for a solver, ``eta`` for the
+        chain; the others keep the values of ``choice``."""
+        unknown = set(traced) - set(traced_names)
+        if unknown:
+            raise TypeError(f"unknown traced settings {sorted(unknown)}; this sampler takes {traced_names}")
+        values = dict(zip(traced_names, arguments))
+        if "grid" in traced:
+            values["grid"] = jnp.asarray(traced["grid"], jnp.float32)
+            if values["grid"].shape != arguments[0].shape:
+                raise ValueError(f"the grid has shape {values['grid'].shape}; this sampler was built for {arguments[0].shape}")
+        if "solver_options" in traced:
+            extra = set(traced["solver_options"]) - set(values["solver_options"])
+            if extra:
+                raise ValueError(f"{choice.solver} does not take the options {sorted(extra)}")
+            values["solver_options"] = {**values["solver_options"],
+                                        **{k: jnp.float32(v) for k, v in traced["solver_options"].items()}}
+        if "eta" in traced:
+            values["eta"] = jnp.float32(traced["eta"])
+        if guidance_weight is not None and not guided:
+            raise ValueError("this sampler was built without guidance (an unconditional model, or guidance_weight 0 "
+                             "in its choice): build it with a nonzero guidance_weight to change the weight per call")
+        weight = jnp.float32(choice.guidance_weight if guidance_weight is None else guidance_weight)
         if recipe.num_classes > 0:
             labels = np.arange(padded) % recipe.num_classes if labels is None else np.resize(np.asarray(labels), padded)
             labels = jax.device_put(jnp.asarray(labels, jnp.int32), replicated)
         else:
             labels = None
-        samples = compiled(params, key, labels, jnp.float32(choice.guidance_weight), *arguments)
+        samples = compiled(params, key, labels, weight, *(values[name] for name in traced_names))
         if jax.process_count() > 1:
             samples = multihost_utils.process_allgather(samples, tiled=True)
         return np.asarray(samples)[:num_samples]
 
+    run.compiled = compiled  # for tests and benchmarks: ``run.compiled._cache_size()`` counts compilations
     return run

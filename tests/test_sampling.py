@@ -1,0 +1,108 @@
+"""runtime.sampling: a SamplerChoice from the config, the discrete chain and the solvers through
+one compiled sampler, traced settings that do not recompile, and the config's checks."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from diffjax.errors import ConfigError
+from diffjax.run.config import validate
+from diffjax.runtime.mesh import make_mesh
+from diffjax.runtime.sampling import SamplerChoice, make_sampler
+from diffjax.train.loop import make_init_fn
+from diffjax.train.optim import make_optimizer
+from tests.train_utils import toy_config, toy_recipe
+
+
+@pytest.fixture(scope="module")
+def toy():
+    config = toy_config()
+    config = config.copy_and_resolve_references()
+    config.diffusion.timesteps = 20
+    recipe = toy_recipe(config)
+    params = jax.jit(make_init_fn(recipe, make_optimizer(config.train)))(jax.random.PRNGKey(0)).params
+    return config, recipe, params
+
+
+def test_choice_from_config_and_eval_entries(toy):
+    config, recipe, _ = toy
+    schedule = recipe.diffusion.schedule
+    chain = SamplerChoice.from_config(config.sample)
+    assert chain.solver == "" and chain.label == config.sample.steps
+    assert chain.nfe(schedule) == chain.num_steps(schedule) == int(config.sample.steps.removeprefix("ddim"))
+    heun = SamplerChoice.from_config(config.sample, "heun:5")
+    assert (heun.solver, heun.steps, heun.label) == ("heun", "5", "heun:5")
+    assert heun.num_steps(schedule) == 5 and heun.nfe(schedule) == 2 * 5 + 1  # + the final denoising
+    assert SamplerChoice.from_config(config.sample, "dpmpp_2m:10").nfe(schedule) == 11
+    respaced = SamplerChoice.from_config(config.sample, "10")
+    assert respaced.solver == "" and respaced.nfe(schedule) == 10
+    settings = heun.settings()
+    assert settings["grid"] == "uniform_log_snr" and settings["solver_options"] == {}  # Heun takes none
+    ancestral = SamplerChoice.from_config(config.sample, "euler_ancestral:4").settings()["solver_options"]
+    assert ancestral == {"eta": 1.0, "s_noise": 1.0}
+
+
+@pytest.mark.parametrize("clip", [True, False])
+def test_solver_ddim_on_the_chain_grid_is_the_chain_ddim(toy, clip):
+    """DDIM as first-order DPM-Solver++ over the K + 1 trained steps of the chain's respacing
+    "K + 1", then the final denoising at step 0, is the chain's (K + 1)-step DDIM, with or
+    without clipping x0 (the untrained MLP's samples reach ~1e3 unclipped: float32 relative)."""
+    config, recipe, params = toy
+    mesh = make_mesh()
+    chain = dataclasses.replace(SamplerChoice.from_config(config.sample, "6"), clip_denoised=clip)
+    solver = dataclasses.replace(SamplerChoice.from_config(config.sample, "ddim:5"), grid="discrete_even",
+                                 clip_denoised=clip)
+    assert chain.nfe(recipe.diffusion.schedule) == solver.nfe(recipe.diffusion.schedule) == 6
+    key = jax.random.PRNGKey(3)
+    expected = make_sampler(recipe, mesh, num_samples=32, choice=chain)(params, key)
+    got = make_sampler(recipe, mesh, num_samples=32, choice=solver)(params, key)
+    np.testing.assert_allclose(got, expected, atol=4e-6 * np.abs(expected).max(), rtol=0)
+
+
+def test_traced_settings_do_not_recompile(toy):
+    config, recipe, params = toy
+    choice = SamplerChoice.from_config(config.sample, "euler_ancestral:4")
+    draw = make_sampler(recipe, make_mesh(), num_samples=16, choice=choice)
+    key = jax.random.PRNGKey(0)
+    first = draw(params, key)
+    grid = np.linspace(1.0, 1.0 / 20, 5, dtype=np.float32)
+    other_grid = draw(params, key, grid=grid)
+    other_eta = draw(params, key, solver_options={"eta": 0.3})
+    other_key = draw(params, jax.random.PRNGKey(1), solver_options={"s_noise": 0.9})
+    assert draw.compiled._cache_size() == 1
+    for other in (other_grid, other_eta, other_key):
+        assert np.abs(first - other).max() > 1e-4
+    with pytest.raises(ValueError, match="shape"):
+        draw(params, key, grid=grid[:3])
+    with pytest.raises(ValueError, match="does not take"):
+        draw(params, key, solver_options={"snr": 0.1})
+    with pytest.raises(ValueError, match="without guidance"):
+        draw(params, key, guidance_weight=2.0)
+    chain = make_sampler(recipe, make_mesh(), num_samples=16, choice=SamplerChoice.from_config(config.sample, "ddim4"))
+    a, b = chain(params, key), chain(params, key, eta=1.0)
+    assert chain.compiled._cache_size() == 1 and np.abs(a - b).max() > 1e-4
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(solver="nope", steps="5"), "unknown solver 'nope'"),
+    (dict(solver="heun", steps="ddim5"), "number of steps"),
+    (dict(solver="heun", steps="5", grid="linear"), "unknown grid 'linear'"),
+    (dict(solver="heun", steps="20", grid="discrete_even"), "fewer than T = 20"),
+    (dict(solver="heun", steps="5", dynamic_threshold=1.5), "percentile"),
+])
+def test_config_checks_the_solver_choice(toy, overrides, message):
+    config = toy[0].copy_and_resolve_references()
+    config.sample.update(overrides)
+    with pytest.raises(ConfigError, match=message):
+        validate(config)
+
+
+def test_config_checks_the_eval_entries(toy):
+    config = toy[0].copy_and_resolve_references()
+    config.eval.sample_steps = "ddim5 heun:3 dpmpp_2m:x"
+    with pytest.raises(ConfigError, match="eval.sample_steps"):
+        validate(config)
+    config.eval.sample_steps = "ddim5 heun:3 dpmpp_2m:4 10"
+    validate(config)
