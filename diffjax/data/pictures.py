@@ -41,10 +41,11 @@ def image_grid(images: np.ndarray, columns: int | None = None, border: int = 1,
     return grid
 
 
-def save_image_grid(samples: np.ndarray, path: str, scale: int | None = None) -> None:
-    """Write float samples [N, H, W, C] in [-1, 1] as a PNG grid; small images are
-    enlarged (nearest neighbour) so that the grid is at least ~256 pixels wide."""
-    grid = image_grid(to_uint8(samples))
+def save_image_grid(samples: np.ndarray, path: str, scale: int | None = None, columns: int | None = None) -> None:
+    """Write float samples [N, H, W, C] in [-1, 1] as a PNG grid (``columns`` per row;
+    default about square); small images are enlarged (nearest neighbour) so that the grid
+    is at least ~256 pixels wide."""
+    grid = image_grid(to_uint8(samples), columns=columns)
     if scale is None:
         scale = max(1, 256 // grid.shape[1])
     grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)

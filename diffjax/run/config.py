@@ -154,6 +154,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.sample.guidance_weight = 0.0
     config.sample.seed = 0  # --mode=sample: chunk j of the samples uses fold_in(PRNGKey(seed), j)
     config.sample.batch_size = 256  # --mode=sample: samples per compiled call (a multiple of the devices)
+    # --mode=sample: also a grid of DDIM-latent interpolations (rows of slerps between two x_T, DDIM section 5);
+    # needs a deterministic sampler. 0 rows: none.
+    config.sample.interpolation_rows = 0
+    config.sample.interpolation_columns = 9
 
     config.eval = ml_collections.ConfigDict()
     config.eval.split = ""  # "": the data set's own evaluation split
@@ -225,6 +229,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(0.0 <= tr.ema_decay < 1.0, "train.ema_decay", f"must be in [0, 1), got {tr.ema_decay}")
     _require(tr.grad_clip >= 0, "train.grad_clip", "must be non-negative (0 disables clipping)")
     _require(s.eta >= 0, "sample.eta", "must be non-negative")
+    _require(s.interpolation_rows >= 0, "sample.interpolation_rows", "must be non-negative")
+    _require(s.interpolation_columns >= 2, "sample.interpolation_columns", "must be at least 2 (both ends)")
     _require(s.seed >= 0, "sample.seed", "must be non-negative")
     _require(config.data.num_classes >= 0, "data.num_classes", "must be non-negative")
     if s.guidance_weight != 0:

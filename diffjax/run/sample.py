@@ -6,7 +6,14 @@
 writes ``<workdir>/samples/<tag>.npz`` (``samples`` float32 [N, H, W, C] in [-1, 1],
 ``images`` uint8 as written to PNG, ``labels`` int32 [N] for conditional models, and the
 settings), ``<tag>.json`` (the settings) and ``<tag>_grid<k>.png`` (256 samples each, for
-the first 4096 samples).
+the first 4096 samples). The sampler is ``config.sample``'s choice: the discrete chain
+(``sample.method``, ``sample.steps`` a respacing) or a solver (``--config.sample.solver=dpmpp_2m
+--config.sample.steps=10 --config.sample.grid=uniform_log_snr``); the record has its NFE.
+
+With ``--config.sample.interpolation_rows=R`` it also writes ``<tag>_interpolation.png`` and
+``.npz``: R rows of ``sample.interpolation_columns`` samples decoded from the slerp between
+two x_T ~ N(0, I) (DDIM section 5.3; ``diffusion.latent.slerp``), which needs a
+deterministic sampler (DDIM with eta = 0 or a deterministic solver).
 
 Samples are drawn in chunks of ``config.sample.batch_size`` (a multiple of the device
 count), chunk j from ``fold_in(PRNGKey(sample.seed), j)`` and split over the devices, so
@@ -26,13 +33,17 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from diffjax.data.pictures import to_uint8
+from diffjax.data.pictures import save_image_grid, to_uint8
+from diffjax.diffusion.latent import slerp
 from diffjax.errors import ConfigError, UserError
 from diffjax.run.restore import chosen_params, restore_train_state
 from diffjax.runtime.mesh import make_mesh
 from diffjax.runtime.sampling import SamplerChoice, make_sampler
 
-__all__ = ["GRID_SIZE", "OutputNotWritableError", "ensure_writable", "generate", "generate_samples", "sample_tag"]
+__all__ = [
+    "GRID_SIZE", "OutputNotWritableError", "ensure_writable", "generate", "generate_samples", "sample_tag",
+    "write_interpolation",
+]
 
 GRID_SIZE = 256
 MAX_GRIDS = 16
@@ -100,9 +111,15 @@ def generate_samples(
     devices = mesh.devices.size
     if s.batch_size % devices:
         raise ConfigError(f"config.sample.batch_size={s.batch_size} must be a multiple of the {devices} devices")
+    choice = SamplerChoice.from_config(s)
+    if s.interpolation_rows:
+        if not choice.deterministic:
+            raise ConfigError(f"config.sample.interpolation_rows: interpolating latents needs a deterministic sampler "
+                              f"(DDIM with eta = 0 or a deterministic solver), not {choice.label}")
+        if len(recipe.input_shape) != 3:
+            raise ConfigError("config.sample.interpolation_rows: interpolation grids are for image data")
     if jax.process_index() == 0:
         ensure_writable(out_dir)  # fail now, not after sampling
-    choice = SamplerChoice.from_config(s)
     draw = make_sampler(recipe, mesh, num_samples=s.batch_size, choice=choice)
     root = jax.random.PRNGKey(s.seed)
     conditional = recipe.num_classes > 0
@@ -134,6 +151,11 @@ def generate_samples(
     tag = sample_tag(s, params_name, checkpoint_step)
     path = os.path.join(out_dir, tag + ".npz")
     metadata["npz"] = path
+    if s.interpolation_rows:
+        metadata["interpolation"] = write_interpolation(
+            recipe, params, choice, mesh, os.path.join(out_dir, tag + "_interpolation"),
+            rows=s.interpolation_rows, columns=s.interpolation_columns, seed=s.seed,
+        )
     if jax.process_index() == 0:
         arrays = {"samples": samples, "images": to_uint8(samples)}
         if conditional:
@@ -146,6 +168,28 @@ def generate_samples(
         with open(os.path.join(out_dir, tag + ".json"), "w") as f:
             json.dump(metadata, f, indent=2)
     return metadata
+
+
+def write_interpolation(recipe, params: Any, choice: SamplerChoice, mesh: Mesh, stem: str, *, rows: int,
+                        columns: int, seed: int) -> dict[str, Any]:
+    """Decode slerps between pairs of x_T: ``stem``.png (one row per pair) and ``stem``.npz.
+
+    Row r interpolates between x_T^a_r and x_T^b_r (both N(0, I), from ``seed``) at the
+    fractions linspace(0, 1, ``columns``); conditional models use class r mod num_classes
+    for the whole row. Returns the record's entry (paths, fractions)."""
+    key_a, key_b = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), 2**30))
+    shape = (rows, *recipe.input_shape)
+    x_a, x_b = (jax.random.normal(k, shape, jax.numpy.float32) for k in (key_a, key_b))
+    fractions = np.linspace(0.0, 1.0, columns, dtype=np.float32)
+    latents = np.asarray(slerp(x_a, x_b, fractions))  # [F, R, ...]
+    latents = np.swapaxes(latents, 0, 1).reshape(rows * columns, *recipe.input_shape)  # row-major: pair, fraction
+    draw = make_sampler(recipe, mesh, num_samples=rows * columns, choice=choice)
+    labels = np.repeat(np.arange(rows) % max(recipe.num_classes, 1), columns) if recipe.num_classes else None
+    samples = draw(params, key_a, labels, x_T=latents).astype(np.float32)
+    if jax.process_index() == 0:
+        save_image_grid(samples, stem + ".png", columns=columns)
+        np.savez(stem + ".npz", samples=samples.reshape(rows, columns, *recipe.input_shape), fractions=fractions)
+    return {"png": stem + ".png", "npz": stem + ".npz", "rows": rows, "fractions": fractions.tolist()}
 
 
 def generate(config: ml_collections.ConfigDict, workdir: str, recipe, *, step: int | None = None,

@@ -123,6 +123,13 @@ class SamplerChoice:
             raise ValueError(f"dynamic_threshold is a percentile in (0, 1) or 0 (off), got {self.dynamic_threshold}")
 
     @property
+    def deterministic(self) -> bool:
+        """Whether x_T determines the sample (DDIM with eta = 0, a deterministic solver)."""
+        if not self.solver:
+            return self.method == "ddim" and self.eta == 0
+        return self.solver not in solvers.STOCHASTIC
+
+    @property
     def label(self) -> str:
         """"dpmpp_2m:10" or the chain's respacing ("ddim50", "100", "full")."""
         return f"{self.solver}:{self.steps}" if self.solver else (self.steps or "full")
@@ -177,8 +184,8 @@ def make_sampler(recipe, mesh: Mesh, *, num_samples: int, choice: SamplerChoice)
     ``solver_grid(choice, ...)`` on the schedule's continuous view
     (``processes.discrete_process``: the network is called with fractional steps between
     the trained ones on a continuous grid) and ends with the denoising step to x_0 at the
-    grid's last time. Both start from x_T ~ N(0, I) drawn from ``key``, so the same key
-    gives every choice the same x_T. The N samples are split over the devices along
+    grid's last time. Both start from x_T ~ N(0, I) drawn from ``key`` (or a given x_T), so
+    the same key gives every choice the same x_T. The N samples are split over the devices along
     ``data`` (N is rounded up to a multiple of the device count and cut back).
     Class-conditional models get ``labels`` (int32 [N]; default 0, 1, 2, ... cycling).
 
@@ -207,8 +214,7 @@ def make_sampler(recipe, mesh: Mesh, *, num_samples: int, choice: SamplerChoice)
         process = discrete_process(schedule)
         options = _accepted_options(choice.solver, dict(choice.solver_options))
 
-        def draw(params, key, labels, guidance_weight, grid, options):
-            x_T = jax.lax.with_sharding_constraint(jax.random.normal(key, shape, jnp.float32), data_sharding(mesh))
+        def draw(params, key, labels, guidance_weight, x_T, grid, options):
             denoise_x0 = solvers.x0_predictor(network(guidance_weight), params, recipe.diffusion.spec, process, labels)
             if choice.dynamic_threshold > 0:
                 denoise_x0 = solvers.dynamic_threshold(denoise_x0, choice.dynamic_threshold)
@@ -222,8 +228,7 @@ def make_sampler(recipe, mesh: Mesh, *, num_samples: int, choice: SamplerChoice)
     else:
         chain, _ = respace(schedule, choice.steps)
 
-        def draw(params, key, labels, guidance_weight, eta):
-            x_T = jax.lax.with_sharding_constraint(jax.random.normal(key, shape, jnp.float32), data_sharding(mesh))
+        def draw(params, key, labels, guidance_weight, x_T, eta):
             return sample(
                 network(guidance_weight), params, chain, recipe.diffusion.spec, jax.random.fold_in(key, 1), shape,
                 labels, method=choice.method, eta=eta, clip_denoised=choice.clip_denoised, x_T=x_T,
@@ -233,13 +238,15 @@ def make_sampler(recipe, mesh: Mesh, *, num_samples: int, choice: SamplerChoice)
 
     compiled = jax.jit(draw, out_shardings=data_sharding(mesh))
     replicated = replicated_sharding(mesh)
+    noise = jax.jit(lambda key: jax.random.normal(key, shape, jnp.float32), out_shardings=data_sharding(mesh))
     traced_names = ("grid", "solver_options") if choice.solver else ("eta",)
 
-    def run(params, key, labels=None, *, guidance_weight=None, **traced):
-        """Samples [N, *input_shape] of ``params`` from ``key``. The traced settings may be
-        changed per call without recompiling: ``guidance_weight``, and ``grid`` (float [K + 1])
-        and ``solver_options`` (a dict of the solver's options) for a solver, ``eta`` for the
-        chain; the others keep the values of ``choice``."""
+    def run(params, key, labels=None, *, x_T=None, guidance_weight=None, **traced):
+        """Samples [N, *input_shape] of ``params`` from ``key`` (x_T ~ N(0, I) drawn from it,
+        or ``x_T`` [N, *input_shape] given, e.g. interpolated latents). The traced settings
+        may be changed per call without recompiling: ``guidance_weight``, and ``grid``
+        (float [K + 1]) and ``solver_options`` (a dict of the solver's options) for a solver,
+        ``eta`` for the chain; the others keep the values of ``choice``."""
         unknown = set(traced) - set(traced_names)
         if unknown:
             raise TypeError(f"unknown traced settings {sorted(unknown)}; this sampler takes {traced_names}")
@@ -265,7 +272,14 @@ def make_sampler(recipe, mesh: Mesh, *, num_samples: int, choice: SamplerChoice)
             labels = jax.device_put(jnp.asarray(labels, jnp.int32), replicated)
         else:
             labels = None
-        samples = compiled(params, key, labels, weight, *(values[name] for name in traced_names))
+        if x_T is None:
+            x_T = noise(key)
+        else:
+            if x_T.shape != (num_samples, *recipe.input_shape):
+                raise ValueError(f"x_T has shape {x_T.shape}; expected {(num_samples, *recipe.input_shape)}")
+            x_T = np.concatenate([np.asarray(x_T, np.float32), np.zeros((padded - num_samples, *x_T.shape[1:]), np.float32)])
+            x_T = jax.device_put(x_T, data_sharding(mesh))
+        samples = compiled(params, key, labels, weight, x_T, *(values[name] for name in traced_names))
         if jax.process_count() > 1:
             samples = multihost_utils.process_allgather(samples, tiled=True)
         return np.asarray(samples)[:num_samples]
