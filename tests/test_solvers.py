@@ -508,7 +508,9 @@ def sample_conditional(name, x_T, labels, guidance_weight, key):
     return solvers.solve(step, process, denoise_x0, x_T, time_grids.uniform_log_snr(process, 6), key=key)
 
 
-@pytest.mark.parametrize("name", sorted(solvers.SOLVERS))
+# Not pc: its Langevin step size 2 a (snr ||z|| / ||score||)^2 depends on the norm of the
+# (guided) score, so its step is not affine in D and guidance does not commute with it.
+@pytest.mark.parametrize("name", sorted(set(solvers.SOLVERS) - {"pc"}))
 def test_classifier_free_guidance_with_every_solver(name):
     """``samplers.classifier_free_guidance`` then ``x0_predictor``: at w = 0 the samples are the
     conditional model's; at w = 2 they are 3 cond - 2 uncond (the samples of the conditional

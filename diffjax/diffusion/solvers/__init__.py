@@ -56,6 +56,14 @@ The stochastic solvers (their parameters are keyword arguments, bound with
   to sigma_down, then sigma_up fresh noise (eta scales sigma_up); DDIM when eta = 0.
 * ``dpmpp_2m_sde_step`` (1): DPM-Solver++(2M) SDE (k-diffusion's midpoint form) in data
   prediction; ``dpmpp_2m_step`` when eta = 0.
+* ``ddpm_ancestral_step`` (1): DDPM's ancestral step (Ho et al. 2020, Algorithm 2) between
+  grid times of any process: x_s drawn from the true posterior q(x_s | x_t, x_0 = D), its
+  variance beta~ (``variance="small"``) or beta (``"large"``). On a discrete chain's knots
+  it is ``samplers.ddpm_step`` with fixed_small / fixed_large (a learned variance is not
+  read: ``samplers.sample(method="ddpm")`` samples with it).
+* ``pc_step`` (1 + corrector_steps, default 2): score_sde's predictor-corrector sampler (Song
+  et al. 2021, appendix G): Langevin corrector steps at t with the signal-to-noise step size
+  (``snr``), then the reverse-diffusion predictor on the process's exact transition.
 
 Options of the data-prediction solvers, as wrappers of ``denoise_x0``: ``clip_x0`` (clip D
 to [-1, 1]) and ``dynamic_threshold`` (Imagen's per-example percentile thresholding).
@@ -72,7 +80,13 @@ al. 2022 (EDM) eqs. 3-4 and Algorithm 1; Lu et al. 2022a (DPM-Solver) and 2022b
 from diffjax.diffusion.solvers.core import History, X0Fn, solve, step_key, x0_predictor
 from diffjax.diffusion.solvers.ode import ddim_step, dpmpp_2m_step, dpmpp_3m_step, euler_step, heun_step
 from diffjax.diffusion.solvers.options import clip_x0, dynamic_threshold
-from diffjax.diffusion.solvers.sde import dpmpp_2m_sde_step, edm_stochastic_step, euler_ancestral_step
+from diffjax.diffusion.solvers.sde import (
+    ddpm_ancestral_step,
+    dpmpp_2m_sde_step,
+    edm_stochastic_step,
+    euler_ancestral_step,
+    pc_step,
+)
 
 __all__ = [
     "History",
@@ -82,6 +96,7 @@ __all__ = [
     "STOCHASTIC",
     "clip_x0",
     "ddim_step",
+    "ddpm_ancestral_step",
     "dpmpp_2m_sde_step",
     "dpmpp_2m_step",
     "dpmpp_3m_step",
@@ -90,6 +105,7 @@ __all__ = [
     "euler_ancestral_step",
     "euler_step",
     "heun_step",
+    "pc_step",
     "solve",
     "step_key",
     "x0_predictor",
@@ -98,16 +114,18 @@ __all__ = [
 SOLVERS = {
     "euler": euler_step, "ddim": ddim_step, "heun": heun_step, "dpmpp_2m": dpmpp_2m_step, "dpmpp_3m": dpmpp_3m_step,
     "edm_stochastic": edm_stochastic_step, "euler_ancestral": euler_ancestral_step, "dpmpp_2m_sde": dpmpp_2m_sde_step,
+    "ddpm": ddpm_ancestral_step, "pc": pc_step,
 }
-"""The solvers by name; ``NFE_PER_STEP`` gives their denoiser calls per step. The last three
-are stochastic (``STOCHASTIC``): ``solve`` gives them its ``key``."""
+"""The solvers by name; ``NFE_PER_STEP`` gives their denoiser calls per step. Those in
+``STOCHASTIC`` draw noise: ``solve`` gives them its ``key``."""
 
-STOCHASTIC = ("edm_stochastic", "euler_ancestral", "dpmpp_2m_sde")
+STOCHASTIC = ("edm_stochastic", "euler_ancestral", "dpmpp_2m_sde", "ddpm", "pc")
 """The stochastic solvers of ``SOLVERS``; their parameters (S_churn, eta, ...) are keyword
 arguments, bound with ``functools.partial``."""
 
 NFE_PER_STEP = {
     "euler": 1, "ddim": 1, "heun": 2, "dpmpp_2m": 1, "dpmpp_3m": 1, "edm_stochastic": 2, "euler_ancestral": 1,
-    "dpmpp_2m_sde": 1,
+    "dpmpp_2m_sde": 1, "ddpm": 1, "pc": 2,
 }
-"""Denoiser calls per step (``heun``, ``edm_stochastic``: 1 on a step that lands on sigma~ = 0)."""
+"""Denoiser calls per step (``heun``, ``edm_stochastic``: 1 on a step that lands on sigma~ = 0;
+``pc``: 1 + corrector_steps, 2 at its default of one corrector step)."""

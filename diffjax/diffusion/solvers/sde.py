@@ -1,5 +1,6 @@
 """Stochastic solvers of the reverse SDE: EDM's stochastic sampler (Algorithm 2), Euler
-ancestral, DPM-Solver++(2M) SDE. Their parameters are keyword arguments (traced or bound with
+ancestral, DPM-Solver++(2M) SDE, DDPM's ancestral step and score_sde's predictor-corrector
+sampler. Their parameters are keyword arguments (traced or bound with
 ``functools.partial``); step i draws its noise from ``step_key(carry)``."""
 
 from __future__ import annotations
@@ -7,11 +8,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from diffjax.diffusion.processes import NoiseProcess
+from diffjax.diffusion.processes import NoiseProcess, expand_to_rank
 from diffjax.diffusion.solvers.core import History, X0Fn, advance, half_log_snr, step_key
 from diffjax.diffusion.solvers.ode import heun_update
 
-__all__ = ["dpmpp_2m_sde_step", "edm_stochastic_step", "euler_ancestral_step"]
+__all__ = [
+    "ddpm_ancestral_step", "dpmpp_2m_sde_step", "edm_stochastic_step", "euler_ancestral_step", "pc_step",
+    "transition_coefficients",
+]
 
 
 def edm_stochastic_step(
@@ -87,4 +91,147 @@ def dpmpp_2m_sde_step(
     x_next = (
         sigma_ratio * jnp.exp(-eta * h) * x - process.alpha(t_next) * jnp.expm1(-(1.0 + eta) * h) * combined + noise
     )
+    return x_next.astype(x.dtype), advance(carry, x0, t_cur)
+
+
+def transition_coefficients(process: NoiseProcess, t_cur, t_next):
+    """The forward transition between two times s = ``t_next`` < t = ``t_cur`` and its posterior.
+
+    x_t = alpha_{t|s} x_s + sigma_{t|s} z with alpha_{t|s} = alpha_t / alpha_s and
+    sigma^2_{t|s} = sigma_t^2 - alpha_{t|s}^2 sigma_s^2 = -sigma_t^2 expm1(lambda_t - lambda_s)
+    (lambda the log-SNR log(alpha^2/sigma^2)); the ratio r = sigma^2_{t|s} / sigma_t^2 =
+    -expm1(lambda_t - lambda_s) is formed without subtracting close numbers. The posterior
+    q(x_s | x_t, x_0) (DDPM eqs. 6-7, written for any alpha_t, sigma_t) has
+
+        mean = (alpha_{t|s} sigma_s^2 / sigma_t^2) x_t + (alpha_s sigma^2_{t|s} / sigma_t^2) x_0
+             = exp(log alpha_{t|s} + 2 log(sigma_s/sigma_t)) x_t + alpha_s r x_0,
+        variance = r sigma_s^2 (DDPM's beta~), and sigma^2_{t|s} = r sigma_t^2 is DDPM's beta.
+
+    At sigma_s = 0 (log sigma_s = -inf) this gives r = 1 and mean = alpha_s x_0.
+
+    Returns:
+      dict of scalars: ``alpha_ts`` alpha_{t|s}, ``ratio`` r, ``x_coef`` and ``x0_coef`` the
+      posterior mean's coefficients, ``sigma_s``, ``sigma_t``, ``alpha_t``.
+    """
+    log_alpha_t, log_alpha_s = process.log_alpha(t_cur), process.log_alpha(t_next)
+    log_sigma_t, log_sigma_s = process.log_sigma(t_cur), process.log_sigma(t_next)
+    lambda_difference = 2.0 * ((log_alpha_t - log_sigma_t) - (log_alpha_s - log_sigma_s))  # lambda_t - lambda_s <= 0
+    ratio = -jnp.expm1(lambda_difference)
+    return dict(
+        alpha_ts=jnp.exp(log_alpha_t - log_alpha_s),
+        ratio=ratio,
+        x_coef=jnp.exp(log_alpha_t - log_alpha_s + 2.0 * (log_sigma_s - log_sigma_t)),
+        x0_coef=jnp.exp(log_alpha_s) * ratio,
+        sigma_s=jnp.exp(log_sigma_s),
+        sigma_t=jnp.exp(log_sigma_t),
+        alpha_t=jnp.exp(log_alpha_t),
+    )
+
+
+def ddpm_ancestral_step(
+    process: NoiseProcess, denoise_x0: X0Fn, x, t_cur, t_next, carry: History, *, variance: str = "small", s_noise=1.0
+):
+    """DDPM's ancestral step (Ho et al. 2020, Algorithm 2) between two grid times of any process.
+
+    x_s = mean + std S_noise z with the true posterior q(x_s | x_t, x_0 = D(x_t, t)) of
+    ``transition_coefficients`` (s = t_next, t = t_cur):
+
+        mean = (alpha_{t|s} sigma_s^2 / sigma_t^2) x + (alpha_s sigma^2_{t|s} / sigma_t^2) D,
+        std^2 = sigma^2_{t|s} sigma_s^2 / sigma_t^2 (``variance="small"``: beta~, DDPM's
+                fixed_small) or sigma^2_{t|s} (``"large"``: beta, DDPM's fixed_large).
+
+    Both coefficients come from expm1 of the log-SNR difference (no cancellation on short
+    steps). z is drawn from ``step_key(carry)``; ``s_noise`` (may be traced) scales it. NFE 1.
+
+    On ``processes.discrete_process(schedule)`` with a grid of its knots
+    (``time_grids.discrete_grid``) the steps are those of ``samplers.ddpm_step`` on the chain
+    respaced to the grid's steps: the K solver steps are the sampler's steps from its last
+    index down to index 1, each landing on a step n >= 0 with sigma > 0 and noise added (the
+    last of them lands on grid[-1] = step 0). DDPM's own last step, from step 0 to x_0 with
+    no noise (its mean is x0-hat there, alpha_bar_{-1} = 1), is ``solve(...,
+    denoise_to_zero=True)``. A step that lands on sigma_s = 0 (a continuous grid ending at
+    t = 0) adds no noise with either variance: its mean is alpha_s D (DDPM's "no noise at
+    t = 0").
+
+    Learned variances are not used: the continuous framework's ``denoise_x0`` carries only the
+    data prediction D (``x0_predictor`` drops a learned-variance output). A network trained
+    with a learned variance is sampled with its own variance by the discrete
+    ``samplers.sample(method="ddpm")``.
+    """
+    if variance not in ("small", "large"):
+        raise ValueError(f"variance must be 'small' or 'large', got {variance!r}")
+    x0 = denoise_x0(x, t_cur)
+    c = transition_coefficients(process, t_cur, t_next)
+    scale = c["sigma_s"] if variance == "small" else c["sigma_t"]
+    std = jnp.where(c["sigma_s"] > 0, scale * jnp.sqrt(c["ratio"]), 0.0)
+    z = jax.random.normal(step_key(carry), x.shape, x.dtype)
+    x_next = c["x_coef"] * x + c["x0_coef"] * x0 + std * s_noise * z
+    return x_next.astype(x.dtype), advance(carry, x0, t_cur)
+
+
+def pc_step(
+    process: NoiseProcess, denoise_x0: X0Fn, x, t_cur, t_next, carry: History,
+    *, snr=0.16, corrector_steps: int = 1, s_noise=1.0,
+):
+    """score_sde's predictor-corrector step (Song et al. 2021, "Score-Based Generative Modeling
+    through SDEs", appendix G, Algorithms 2-5): ``corrector_steps`` Langevin corrector steps at
+    t_cur, then the reverse-diffusion predictor from t_cur to t_next.
+
+    The score at t is s(x) = (alpha_t D(x, t) - x) / sigma_t^2.
+
+    Corrector (Algorithms 4 and 5), M = ``corrector_steps`` times at t = t_cur:
+    z ~ N(0, I), g = s(x), eps = 2 a (snr ||z|| / ||g||)^2, x <- x + eps g + sqrt(2 eps) S_noise z,
+    the norms per example over all its elements, a = alpha_{t|s}^2 (score_sde's alpha_i =
+    1 - beta_i of its VP chain; 1 for VE, where alpha_{t|s} = 1). score_sde's code averages
+    the per-example norms over the batch (one step size for the batch); here each example has
+    its own, which is Algorithm 4 applied to each example (samples do not depend on the rest
+    of the batch). In low dimension ||z|| / ||g|| has heavy tails (||g|| near 0 at a mode),
+    so the snr rule is meant for high-dimensional data (images).
+
+    Predictor (reverse diffusion, eqs. 46-47): with the forward chain between s = t_next and
+    t = t_cur discretised as x_t = x_s + f(x_s) + G z, f(x) = (alpha_{t|s} - 1) x,
+    G^2 = sigma^2_{t|s} (the process's exact transition; for score_sde's VP chain
+    alpha_{t|s} = sqrt(1 - beta_i), G^2 = beta_i, its Algorithm 3; for VE alpha_{t|s} = 1,
+    G^2 = sigma_t^2 - sigma_s^2, Algorithm 2):
+
+        x_s = (2 - alpha_{t|s}) x + sigma^2_{t|s} s(x) + sigma_{t|s} S_noise z.
+
+    Order: score_sde's ``pc_sampler`` calls ``corrector_update_fn`` then
+    ``predictor_update_fn`` at each time t_i of its grid (the paper's Algorithm 1 writes the
+    predictor first and corrects at the new time; the code's order is the one here, so the
+    start x_T is corrected and the last predictor step is not). score_sde returns the last
+    step's mean (``denoise=True``); here the last step adds its noise like the others and
+    ``solve(..., denoise_to_zero=True)`` returns D instead. A step onto sigma_s = 0 adds no
+    predictor noise.
+
+    The noises: ``jax.random.split(step_key(carry), corrector_steps + 1)``, key j for
+    corrector step j, the last key for the predictor. ``snr`` and ``s_noise`` (which scales
+    every noise the step adds) may be traced; ``corrector_steps`` is a static Python int.
+    NFE 1 + corrector_steps.
+    """
+    if not isinstance(corrector_steps, int) or corrector_steps < 0:
+        raise ValueError(f"corrector_steps must be a non-negative Python int, got {corrector_steps!r}")
+    c = transition_coefficients(process, t_cur, t_next)
+    variance_ts = c["ratio"] * c["sigma_t"] ** 2  # sigma^2_{t|s}
+    a = c["alpha_ts"] ** 2
+    keys = jax.random.split(step_key(carry), corrector_steps + 1)
+
+    def score(x):
+        x0 = denoise_x0(x, t_cur)
+        return (c["alpha_t"] * x0 - x) / c["sigma_t"] ** 2, x0
+
+    def per_example_norm(v):
+        return jnp.sqrt(jnp.sum(jnp.square(v.reshape(v.shape[0], -1)), axis=1))
+
+    for j in range(corrector_steps):
+        z = jax.random.normal(keys[j], x.shape, x.dtype)
+        g, _ = score(x)
+        eps = 2.0 * a * jnp.square(snr * per_example_norm(z) / per_example_norm(g))
+        eps = expand_to_rank(eps, x.ndim)
+        x = (x + eps * g + jnp.sqrt(2.0 * eps) * s_noise * z).astype(x.dtype)
+
+    g, x0 = score(x)
+    z = jax.random.normal(keys[-1], x.shape, x.dtype)
+    std = jnp.where(c["sigma_s"] > 0, jnp.sqrt(variance_ts), 0.0)
+    x_next = (2.0 - c["alpha_ts"]) * x + variance_ts * g + std * s_noise * z
     return x_next.astype(x.dtype), advance(carry, x0, t_cur)
