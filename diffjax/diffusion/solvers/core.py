@@ -36,6 +36,11 @@ class History(NamedTuple):
         (DPM-Solver++(3M)); zeros and the grid's first time until there is one.
       key: the PRNG key ``solve`` was given; a stochastic step draws its noise from
         ``step_key(carry)`` = ``fold_in(key, step)``, so a fixed key gives fixed samples.
+      x0_oldest, t_oldest: the data prediction and time of the step before ``x0_older``'s
+        (UniPC-3's corrector); zeros and the grid's first time until there is one.
+      x: [B, ...] the state at ``t`` from which the last step moved, where a solver keeps it
+        (UniPC: its corrected state x^c, which the next step's corrector starts from); x_T
+        before the first step, and left as it is by ``advance``.
     """
 
     x0: jax.Array
@@ -45,11 +50,17 @@ class History(NamedTuple):
     x0_older: jax.Array
     t_older: jax.Array
     key: jax.Array
+    x0_oldest: jax.Array
+    t_oldest: jax.Array
+    x: jax.Array
 
 
 def advance(carry: History, x0: jax.Array, t_cur: jax.Array) -> History:
     """The carry after a step that evaluated D = ``x0`` at ``t_cur``."""
-    return carry._replace(x0=x0, t=t_cur, step=carry.step + 1, x0_older=carry.x0, t_older=carry.t)
+    return carry._replace(
+        x0=x0, t=t_cur, step=carry.step + 1, x0_older=carry.x0, t_older=carry.t,
+        x0_oldest=carry.x0_older, t_oldest=carry.t_older,
+    )
 
 
 def step_key(carry: History) -> jax.Array:
@@ -108,6 +119,7 @@ def solve(
     carry = History(
         x0=jnp.zeros_like(x_T), t=grid[0], step=jnp.int32(0), num_steps=jnp.int32(num_steps),
         x0_older=jnp.zeros_like(x_T), t_older=grid[0], key=key,
+        x0_oldest=jnp.zeros_like(x_T), t_oldest=grid[0], x=x_T,
     )
 
     def body(state, times):
