@@ -229,7 +229,7 @@ def test_evaluate_restores_and_writes_eval_files_that_compare_reads(toy_setup, t
 
     report = write_report([workdir], str(tmp_path / "report.md"))
     assert "MMD² @2 steps" in report and "MMD² @5 steps" in report
-    assert "MMD² @dpmpp_2m 4 NFE" in report and os.path.exists(tmp_path / "report_quality_vs_steps.png")
+    assert "MMD² @dpmpp_2m (uniform_log_snr) 4 NFE" in report and os.path.exists(tmp_path / "report_quality_vs_steps.png")
     assert f"{nll['bpd']:.4g}" in report
     assert os.path.exists(tmp_path / "report_nll_per_t.png")
 

@@ -33,7 +33,8 @@ def test_choice_from_config_and_eval_entries(toy):
     assert chain.solver == "" and chain.label == config.sample.steps
     assert chain.nfe(schedule) == chain.num_steps(schedule) == int(config.sample.steps.removeprefix("ddim"))
     heun = SamplerChoice.from_config(config.sample, "heun:5")
-    assert (heun.solver, heun.steps, heun.label) == ("heun", "5", "heun:5")
+    assert (heun.solver, heun.steps, heun.label) == ("heun", "5", "heun:5:uniform_log_snr")
+    assert SamplerChoice.from_config(config.sample, "heun:5:karras").grid == "karras"
     assert heun.num_steps(schedule) == 5 and heun.nfe(schedule) == 2 * 5 + 1  # + the final denoising
     assert SamplerChoice.from_config(config.sample, "dpmpp_2m:10").nfe(schedule) == 11
     respaced = SamplerChoice.from_config(config.sample, "10")

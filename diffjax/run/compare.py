@@ -131,9 +131,12 @@ def _steps_per_sec(run: RunRecord) -> float | None:
 
 
 def _sampler_family(record: dict[str, Any], row: dict[str, Any]) -> str:
-    """The sampler a quality row was drawn with: a solver's name, or ``chain_ddpm`` / ``chain_ddim``
-    (records written before solvers existed have only the record's ``method``)."""
-    return row.get("solver") or f"chain_{record.get('method', '?')}"
+    """The sampler a quality row was drawn with: a solver's name and grid, e.g. "heun (karras)", or
+    ``chain_ddpm`` / ``chain_ddim`` (records written before solvers existed have only the
+    record's ``method``)."""
+    solver = row.get("solver") or f"chain_{record.get('method', '?')}"
+    grid = row.get("settings", {}).get("grid")
+    return f"{solver} ({grid})" if grid else solver
 
 
 def _quality_points(run: RunRecord) -> list[tuple[str, str, int, int, Any]]:

@@ -49,7 +49,7 @@ GRID_NAMES = (*time_grids.GRIDS, *(DISCRETE_GRID_PREFIX + rule for rule in time_
 between the trained ones) or ``discrete_<rule>`` (the trained integer steps strided by
 ``time_grids.discrete_grid``'s rule)."""
 
-_ENTRY = re.compile(r"^([a-z0-9_]+):(\d+)$")
+_ENTRY = re.compile(r"^([a-z0-9_]+):(\d+)(?::([a-z_]+))?$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,8 +86,9 @@ class SamplerChoice:
     @classmethod
     def from_config(cls, sample_config: Any, entry: str | None = None) -> SamplerChoice:
         """The choice of ``config.sample``; ``entry`` (an item of ``config.eval.sample_steps``)
-        overrides it: "SOLVER:K" (e.g. "dpmpp_2m:10") picks that solver and K, anything else
-        is a respacing of the discrete chain with ``sample.method``."""
+        overrides it: "SOLVER:K" (e.g. "dpmpp_2m:10") picks that solver and K, "SOLVER:K:GRID"
+        (e.g. "heun:4:karras") also the grid; anything else is a respacing of the discrete
+        chain with ``sample.method``."""
         s = sample_config
         options = {**SOLVER_OPTION_DEFAULTS, **dict(s.solver_options)}
         choice = cls(
@@ -99,7 +100,8 @@ class SamplerChoice:
             return choice
         match = _ENTRY.match(entry)
         if match:
-            return dataclasses.replace(choice, solver=match.group(1), steps=match.group(2))
+            grid = match.group(3) or choice.grid
+            return dataclasses.replace(choice, solver=match.group(1), steps=match.group(2), grid=grid)
         return dataclasses.replace(choice, solver="", steps=entry)
 
     def check(self, num_timesteps: int) -> None:
@@ -131,8 +133,8 @@ class SamplerChoice:
 
     @property
     def label(self) -> str:
-        """"dpmpp_2m:10" or the chain's respacing ("ddim50", "100", "full")."""
-        return f"{self.solver}:{self.steps}" if self.solver else (self.steps or "full")
+        """"dpmpp_2m:10:uniform_log_snr" or the chain's respacing ("ddim50", "100", "full")."""
+        return f"{self.solver}:{self.steps}:{self.grid}" if self.solver else (self.steps or "full")
 
     def num_steps(self, schedule: Schedule) -> int:
         """Steps taken: K for a solver, the respaced chain's length otherwise."""
