@@ -40,11 +40,14 @@ The solvers (NFE = denoiser calls per step):
 * ``dpmpp_3m_step`` (1): DPM-Solver++(3M): the Taylor expansion of x0 in lambda to second
   order (Lu et al. 2022b, eq. 8), its derivatives from the quadratic through the last three
   predictions, each term integrated exactly; orders 1, 2 on the first two steps and, with
-  ``lower_order_final``, 2, 1 on the last two. Third order. The weight of the
-  second-derivative term is the exact integral's (h^2 - 2h + 2 - 2e^{-h})/(2h^2) (times
-  h^2 x0''/2); the weight phi_2/h - 1/2 of the 3M update in DPM-Solver's and k-diffusion's
-  code (as recalled, not re-checked here) is half of it, and with that half weight the
-  measured order on Gaussian data is ~1.9 (Karras grids, K = 32..256), not 3.
+  ``lower_order_final``, 2, 1 on the last two. Third order. The second-derivative term is
+  alpha' (h^2 - 2h + 2 - 2e^{-h}) x0''/2, the exact integral of u^2 e^{-(h - u)} over the
+  step. DPM-Solver's own multistep third-order update (``dpmsolver++``) uses
+  D2 = (D1_0 - D1_1)/(r0 + r1), which is h^2 x0''/2 to leading order, with the weight
+  -phi_3 = -(phi_2/h - 1/2): alpha' (h^2/2 - h + 1 - e^{-h}) x0''/2, half the exact term
+  (read in its code on 2026-11-30, not run). With that half weight the measured order on
+  Gaussian data is ~1.9 (Karras grids, K = 32..256), not 3; with the exact weight it is
+  3.0 (tests/test_solvers.py).
 * ``unipc_step`` (1; ``SOLVERS``: ``unipc_2``, ``unipc_3``, order 2 or 3, B(h) = e^h - 1):
   UniPC (Zhao et al. 2023) in data prediction, in ``solvers.unipc``. The predictor UniP-p,
   x' = (sigma'/sigma) x^c - alpha' (e^{-h} - 1) x0_i - alpha' B(-h) sum_m a_m D_m / r_m with
