@@ -80,7 +80,7 @@ def main(argv=None):
     for entry in args.entries.split():
         if entry in done:
             continue
-        choice = SamplerChoice.from_config(config.sample, entry)
+        choice = SamplerChoice.from_settings(config.sample, entry)
         started = time.perf_counter()
         samples = make_sampler(recipe, mesh, num_samples=args.num_samples, choice=choice)(params, key)
         seconds = time.perf_counter() - started

@@ -26,22 +26,22 @@ def toy():
     return config, recipe, params
 
 
-def test_choice_from_config_and_eval_entries(toy):
+def test_choice_from_settings_and_eval_entries(toy):
     config, recipe, _ = toy
     schedule = recipe.diffusion.schedule
-    chain = SamplerChoice.from_config(config.sample)
+    chain = SamplerChoice.from_settings(config.sample)
     assert chain.solver == "" and chain.label == config.sample.steps
     assert chain.nfe(schedule) == chain.num_steps(schedule) == int(config.sample.steps.removeprefix("ddim"))
-    heun = SamplerChoice.from_config(config.sample, "heun:5")
+    heun = SamplerChoice.from_settings(config.sample, "heun:5")
     assert (heun.solver, heun.steps, heun.label) == ("heun", "5", "heun:5:uniform_log_snr")
-    assert SamplerChoice.from_config(config.sample, "heun:5:karras").grid == "karras"
+    assert SamplerChoice.from_settings(config.sample, "heun:5:karras").grid == "karras"
     assert heun.num_steps(schedule) == 5 and heun.nfe(schedule) == 2 * 5 + 1  # + the final denoising
-    assert SamplerChoice.from_config(config.sample, "dpmpp_2m:10").nfe(schedule) == 11
-    respaced = SamplerChoice.from_config(config.sample, "10")
+    assert SamplerChoice.from_settings(config.sample, "dpmpp_2m:10").nfe(schedule) == 11
+    respaced = SamplerChoice.from_settings(config.sample, "10")
     assert respaced.solver == "" and respaced.nfe(schedule) == 10
     settings = heun.settings()
     assert settings["grid"] == "uniform_log_snr" and settings["solver_options"] == {}  # Heun takes none
-    ancestral = SamplerChoice.from_config(config.sample, "euler_ancestral:4").settings()["solver_options"]
+    ancestral = SamplerChoice.from_settings(config.sample, "euler_ancestral:4").settings()["solver_options"]
     assert ancestral == {"eta": 1.0, "s_noise": 1.0}
 
 
@@ -52,8 +52,8 @@ def test_solver_ddim_on_the_chain_grid_is_the_chain_ddim(toy, clip):
     without clipping x0 (the untrained MLP's samples reach ~1e3 unclipped: float32 relative)."""
     config, recipe, params = toy
     mesh = make_mesh()
-    chain = dataclasses.replace(SamplerChoice.from_config(config.sample, "6"), clip_denoised=clip)
-    solver = dataclasses.replace(SamplerChoice.from_config(config.sample, "ddim:5"), grid="discrete_even",
+    chain = dataclasses.replace(SamplerChoice.from_settings(config.sample, "6"), clip_denoised=clip)
+    solver = dataclasses.replace(SamplerChoice.from_settings(config.sample, "ddim:5"), grid="discrete_even",
                                  clip_denoised=clip)
     assert chain.nfe(recipe.diffusion.schedule) == solver.nfe(recipe.diffusion.schedule) == 6
     key = jax.random.PRNGKey(3)
@@ -64,7 +64,7 @@ def test_solver_ddim_on_the_chain_grid_is_the_chain_ddim(toy, clip):
 
 def test_traced_settings_do_not_recompile(toy):
     config, recipe, params = toy
-    choice = SamplerChoice.from_config(config.sample, "euler_ancestral:4")
+    choice = SamplerChoice.from_settings(config.sample, "euler_ancestral:4")
     draw = make_sampler(recipe, make_mesh(), num_samples=16, choice=choice)
     key = jax.random.PRNGKey(0)
     first = draw(params, key)
@@ -81,7 +81,7 @@ def test_traced_settings_do_not_recompile(toy):
         draw(params, key, solver_options={"snr": 0.1})
     with pytest.raises(ValueError, match="without guidance"):
         draw(params, key, guidance_weight=2.0)
-    chain = make_sampler(recipe, make_mesh(), num_samples=16, choice=SamplerChoice.from_config(config.sample, "ddim4"))
+    chain = make_sampler(recipe, make_mesh(), num_samples=16, choice=SamplerChoice.from_settings(config.sample, "ddim4"))
     a, b = chain(params, key), chain(params, key, eta=1.0)
     assert chain.compiled._cache_size() == 1 and np.abs(a - b).max() > 1e-4
 
@@ -128,7 +128,7 @@ def test_interpolation_grid_decodes_slerps_of_two_latents(tmp_path):
     recipe = dataclasses.replace(toy_recipe(config), model=network_from_config(config), input_shape=(8, 8, 1),
                                  save_samples=save_image_grid)
     params = jax.jit(make_init_fn(recipe, make_optimizer(config.train)))(jax.random.PRNGKey(0)).params
-    choice = SamplerChoice.from_config(config.sample, "dpmpp_2m:3")
+    choice = SamplerChoice.from_settings(config.sample, "dpmpp_2m:3")
     stem = str(tmp_path / "interp")
     record = write_interpolation(recipe, params, choice, make_mesh(), stem, rows=2, columns=4, seed=5)
     with np.load(record["npz"]) as f:

@@ -235,8 +235,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(config.data.num_classes >= 0, "data.num_classes", "must be non-negative")
     if s.guidance_weight != 0:
         _require(config.data.num_classes > 0, "sample.guidance_weight", "guidance needs a class-conditional model (data.num_classes > 0)")
-    choices = [("sample.steps" if not s.solver else "sample", SamplerChoice.from_config(s))]
-    choices += [("eval.sample_steps", SamplerChoice.from_config(s, entry))
+    choices = [("sample.steps" if not s.solver else "sample", SamplerChoice.from_settings(s))]
+    choices += [("eval.sample_steps", SamplerChoice.from_settings(s, entry))
                 for entry in config.eval.sample_steps.replace(";", " ").split()]
     for key, choice in choices:
         try:

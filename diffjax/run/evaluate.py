@@ -147,7 +147,7 @@ def evaluate(
 
     if scorer is not None:
         entries = sampling_step_list(e.sample_steps) if e.sample_steps else [None]
-        choices = [SamplerChoice.from_config(config.sample, entry) for entry in entries]
+        choices = [SamplerChoice.from_settings(config.sample, entry) for entry in entries]
         key = jax.random.fold_in(jax.random.PRNGKey(config.train.seed + 2), checkpoint_step)
         s = config.sample
         schedule = recipe.diffusion.schedule

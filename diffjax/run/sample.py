@@ -52,7 +52,7 @@ MAX_GRIDS = 16
 def sample_tag(sample_config: ml_collections.ConfigDict, params_name: str, checkpoint_step: int) -> str:
     """A file name stem that says how the samples were made."""
     s = sample_config
-    choice = SamplerChoice.from_config(s)
+    choice = SamplerChoice.from_settings(s)
     if choice.solver:
         sampler = f"{choice.solver}_{choice.steps}_{choice.grid}"
     else:
@@ -111,7 +111,7 @@ def generate_samples(
     devices = mesh.devices.size
     if s.batch_size % devices:
         raise ConfigError(f"config.sample.batch_size={s.batch_size} must be a multiple of the {devices} devices")
-    choice = SamplerChoice.from_config(s)
+    choice = SamplerChoice.from_settings(s)
     if s.interpolation_rows:
         if not choice.deterministic:
             raise ConfigError(f"config.sample.interpolation_rows: interpolating latents needs a deterministic sampler "

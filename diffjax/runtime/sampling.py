@@ -84,17 +84,19 @@ class SamplerChoice:
     solver_options: tuple[tuple[str, float], ...] = tuple(SOLVER_OPTION_DEFAULTS.items())
 
     @classmethod
-    def from_config(cls, sample_config: Any, entry: str | None = None) -> SamplerChoice:
-        """The choice of ``config.sample``; ``entry`` (an item of ``config.eval.sample_steps``)
-        overrides it: "SOLVER:K" (e.g. "dpmpp_2m:10") picks that solver and K, "SOLVER:K:GRID"
-        (e.g. "heun:4:karras") also the grid; anything else is a respacing of the discrete
-        chain with ``sample.method``."""
-        s = sample_config
-        options = {**SOLVER_OPTION_DEFAULTS, **dict(s.solver_options)}
+    def from_settings(cls, settings: Mapping[str, Any], entry: str | None = None) -> SamplerChoice:
+        """The choice of a mapping of sample settings keyed by this class's field names
+        (``config.sample``, or a dict; other keys are ignored). ``entry`` (an item of
+        ``config.eval.sample_steps``) overrides it: "SOLVER:K" (e.g. "dpmpp_2m:10") picks that
+        solver and K, "SOLVER:K:GRID" (e.g. "heun:4:karras") also the grid; anything else is
+        a respacing of the discrete chain with the settings' ``method``."""
+        s = settings
+        options = {**SOLVER_OPTION_DEFAULTS, **dict(s["solver_options"])}
         choice = cls(
-            solver=s.solver, steps=str(s.steps), method=s.method, eta=float(s.eta), clip_denoised=bool(s.clip_denoised),
-            dynamic_threshold=float(s.dynamic_threshold), guidance_weight=float(s.guidance_weight), grid=s.grid,
-            rho=float(s.rho), solver_options=tuple(sorted((k, float(v)) for k, v in options.items())),
+            solver=s["solver"], steps=str(s["steps"]), method=s["method"], eta=float(s["eta"]),
+            clip_denoised=bool(s["clip_denoised"]), dynamic_threshold=float(s["dynamic_threshold"]),
+            guidance_weight=float(s["guidance_weight"]), grid=s["grid"], rho=float(s["rho"]),
+            solver_options=tuple(sorted((k, float(v)) for k, v in options.items())),
         )
         if entry is None:
             return choice
@@ -195,7 +197,7 @@ def make_sampler(recipe, mesh: Mesh, *, num_samples: int, choice: SamplerChoice)
       recipe: the experiment's ``Recipe``.
       mesh: the data mesh.
       num_samples: N.
-      choice: how to sample (``SamplerChoice.from_config(config.sample)``).
+      choice: how to sample (``SamplerChoice.from_settings(config.sample)``).
     """
     schedule = recipe.diffusion.schedule
     choice.check(schedule.num_timesteps)

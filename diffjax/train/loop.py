@@ -122,7 +122,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, recipe: 
         state = init(jax.random.PRNGKey(train.seed))
 
     step_fn = make_train_step(recipe, optimizer, train.ema_decay, mesh)
-    draw = make_sampler(recipe, mesh, num_samples=config.sample.num, choice=SamplerChoice.from_config(config.sample))
+    draw = make_sampler(recipe, mesh, num_samples=config.sample.num, choice=SamplerChoice.from_settings(config.sample))
     outputs = _RunOutputs(workdir, config, start_step, is_main)
     preemption = PreemptionFlag()
     progress = tqdm(total=train.num_steps, initial=start_step, unit="step", dynamic_ncols=True, mininterval=1.0,
