@@ -123,7 +123,7 @@ def test_interpolation_grid_decodes_slerps_of_two_latents(tmp_path):
     config.diffusion.timesteps = 20
     digits = load_experiment("digits_ddpm").get_config("smoke")
     config.model = digits.model
-    config.model.update(channels=8, norm_groups=4)
+    config.model.update(channels=8, norm_groups=4, channel_mult=(1,), attention_resolutions=())
     config.data.update(channels=1, image_size=8)
     recipe = dataclasses.replace(toy_recipe(config), model=network_from_config(config), input_shape=(8, 8, 1),
                                  save_samples=save_image_grid)
