@@ -46,6 +46,8 @@ with the statistic it is:
     euler_ancestral    0.188    0.145    0.117   | 160: 0.019 (gauss_std)
     ddpm               0.173    0.124    0.099   | 160: 0.015 (gauss_std)
     pc                 0.470      -      0.212   | 160: 0.026 (std_2)
+    unipc_2            0.049    0.011    0.0075  |  20: 0.0075 (std_1; VP grid)
+    unipc_3            0.051    0.015    0.0061  |  20: 0.0061 (mean_1; VP grid)
 
 So at 10-20 NFE the deterministic solvers are within 0.03-0.11 on data of scale ~1.5 (their
 errors fall with NFE at their orders); the stochastic ones are not: 0.07-0.21 at 20 NFE. They
@@ -92,6 +94,7 @@ DEFAULT_NFE = 20
 ALLOWANCE = {  # 1.25 x the measured max |error| at the tested NFE (module docstring), rounded up
     "euler": 0.055, "ddim": 0.085, "heun": 0.135, "dpmpp_2m": 0.04, "dpmpp_3m": 0.05,
     "edm_stochastic": 0.025, "dpmpp_2m_sde": 0.02, "euler_ancestral": 0.025, "ddpm": 0.02, "pc": 0.035,
+    "unipc_2": 0.01, "unipc_3": 0.01,
 }
 DEFAULT_ALLOWANCE = 0.05
 STATISTICS = [f"{stat}_{k}" for k in range(3) for stat in ("weight", "mean", "std")] + ["gauss_mean", "gauss_std"]
