@@ -93,6 +93,23 @@ def plot(lines: dict, path: str, title: str, metric: str) -> None:
     plt.close(fig)
 
 
+def side_by_side(pictures: list[tuple[str, str]], path: str) -> None:
+    """The sample pictures ``(label, png)`` in one row, each titled with its label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(pictures), figsize=(2.6 * len(pictures), 2.9), dpi=100, squeeze=False)
+    for ax, (label, png) in zip(axes[0], pictures):
+        ax.imshow(plt.imread(png), cmap="gray", interpolation="nearest")
+        ax.set_title(label, fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweeps", nargs="+", help="sampler_sweep_seed*.jsonl files")
@@ -100,6 +117,8 @@ def main(argv=None):
                         "give the same name)")
     parser.add_argument("--metric", default="fd_digits_train")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--pictures", nargs="*", default=[], help="NAME:LABEL=PNG: sample pictures shown side by side "
+                        "under the sweep NAME (written as <out stem>_grids_<NAME>.png)")
     args = parser.parse_args(argv)
     by_name = collections.defaultdict(list)
     for path, name in zip(args.sweeps, args.names, strict=True):
@@ -111,8 +130,13 @@ def main(argv=None):
         text, lines = table(rows, args.metric)
         picture = f"{stem}_{name}.png"
         plot(lines, picture, f"{name}: {args.metric} against NFE", args.metric)
+        pictures = [item.split(":", 1)[1].split("=", 1) for item in args.pictures if item.split(":", 1)[0] == name]
+        grids = ""
+        if pictures:
+            side_by_side(pictures, f"{stem}_grids_{name}.png")
+            grids = f"\n![{name}: samples]({os.path.basename(stem)}_grids_{name}.png)\n"
         parts.append(f"## {name}\n\n{len(rows)} rows from {len(sweeps)} seed(s); {args.metric}, lower is better; "
-                     f"the best of each NFE column in bold.\n\n{text}\n\n![{name}]({os.path.basename(picture)})\n")
+                     f"the best of each NFE column in bold.\n\n{text}\n\n![{name}]({os.path.basename(picture)})\n{grids}")
         if len(sweeps) > 1:
             spread = collections.defaultdict(list)
             for row in rows:
