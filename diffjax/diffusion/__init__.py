@@ -8,6 +8,10 @@
   conversions (discrete and continuous).
 * ``gaussian``: q(x_t | x_0), the posterior, ``p_mean_variance``.
 * ``losses``: Gaussian KL, the discretised decoder, VLB terms, training objectives.
+* ``edm``: EDM's preconditioning (c_skip, c_out, c_in, c_noise), training noise levels and
+  loss weights for Table 1's VP, VE, iDDPM and EDM columns; ``precondition`` wraps a raw network.
+* ``weighting``: every objective as a weighting W(lambda) of the x_0 error (Kingma & Gao 2023):
+  eps / x_0 / v MSE, min-SNR, the ELBO, EDM's; ``per_level_loss`` and ``WEIGHTINGS``.
 * ``timesteps``: uniform and loss-aware importance sampling of t.
 * ``samplers``: DDPM ancestral and DDIM in ``lax.scan``, classifier-free guidance.
 * ``solvers``: deterministic probability-flow ODE solvers in the continuous view (Euler,
