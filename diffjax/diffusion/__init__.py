@@ -20,6 +20,10 @@
 * ``latent``: DDIM's latent space: deterministic encoding (a solver run up the reversed grid),
   decoding, slerp of two latents and interpolation through them.
 * ``likelihood``: the full variational bound in bits/dim.
+* ``vdm``: variational diffusion models (Kingma et al. 2021): gamma = -log-SNR schedules, the
+  continuous (L_inf) and T-step diffusion losses, prior and 8-bit reconstruction terms in
+  bits/dim, low-discrepancy times, Fourier features, the schedule's variance gradient (the
+  learned schedules' networks are in ``diffjax.models.noise_schedule``).
 * ``analytic``: the exact denoiser of a Gaussian mixture (tests and baselines).
 
 Nothing here imports another diffjax package.
