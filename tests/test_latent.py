@@ -11,6 +11,7 @@ import pytest
 
 from diffjax.diffusion import analytic, latent, processes, schedules, solvers, time_grids
 from diffjax.diffusion.parameterization import DiffusionSpec
+from tests.test_solvers import MU, GaussianX0, S
 
 
 @functools.partial(jax.jit, static_argnames=("name", "denoise_x0"))
@@ -35,20 +36,6 @@ def slopes(step_counts, errors):
 # marginal at t is N(alpha_t MU, (alpha_t^2 S^2 + sigma_t^2) I) and the probability-flow map
 # keeps each point's standardised coordinate, so encoding from t_min to t_max is
 # x_T = alpha_T MU + c_T (x_tmin - alpha_tmin MU) / c_tmin, c_t = sqrt(alpha_t^2 S^2 + sigma_t^2).
-
-MU, S = 0.3, 0.5
-
-
-class GaussianX0:
-    """The exact data prediction of N(MU, S^2 I) under ``process`` (a static argument)."""
-
-    def __init__(self, process):
-        self.process = process
-
-    def __call__(self, x, t):
-        alpha, sigma = self.process.alpha(t), self.process.sigma(t)
-        return MU + alpha * S**2 / (alpha**2 * S**2 + sigma**2) * (x - alpha * MU)
-
 
 def encoding_error(name, process, grid_name, num_steps):
     """max |encode - exact| / c_T over five data points, float64 (call under x64)."""

@@ -12,6 +12,7 @@ import pytest
 
 from diffjax.diffusion import analytic, processes, samplers, schedules, solvers, time_grids
 from diffjax.diffusion.parameterization import DiffusionSpec
+from tests.mixtures import mixture_posterior_mean
 
 # A 2-D mixture sum_k w_k N(m_k, s_k^2 I) and its exact data prediction D(x, t) = sum_k r_k(x)
 # [m_k + alpha s_k^2 / (alpha^2 s_k^2 + sigma^2) (x - alpha m_k)], over an array module.
@@ -21,14 +22,8 @@ WEIGHTS = np.array([0.6, 0.4])
 
 
 def mixture_x0(xp, x, alpha, sigma):
-    means, variances, log_weights = (xp.asarray(a, x.dtype) for a in (MEANS, STDS**2, np.log(WEIGHTS)))
-    component_var = alpha**2 * variances + sigma**2
-    residual = x[:, None, :] - alpha * means[None]
-    log_density = log_weights - 0.5 * (residual**2).sum(-1) / component_var - xp.log(component_var)  # 2-D
-    log_density = log_density - log_density.max(axis=1, keepdims=True)
-    responsibility = xp.exp(log_density)
-    responsibility = responsibility / responsibility.sum(axis=1, keepdims=True)
-    return (responsibility[:, :, None] * (means[None] + (alpha * variances / component_var)[None, :, None] * residual)).sum(1)
+    """E[x_0 | x_t = x] of this file's 2-D mixture (``tests.mixtures``)."""
+    return mixture_posterior_mean(xp, x, alpha, sigma, MEANS, STDS**2, WEIGHTS)
 
 
 class MixtureX0:

@@ -11,6 +11,7 @@ import pytest
 
 from diffjax.diffusion import analytic, parameterization, processes, samplers, schedules, solvers, time_grids
 from diffjax.diffusion.parameterization import DiffusionSpec
+from tests.mixtures import mixture_posterior_mean
 
 ORDERS = {"euler": 1, "ddim": 1, "heun": 2, "dpmpp_2m": 2, "dpmpp_3m": 3}
 
@@ -117,15 +118,8 @@ SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 
 
 def mixture_x0(xp, x, alpha, sigma):
-    means, variances, log_weights = (xp.asarray(a, x.dtype) for a in (MEANS, STDS**2, np.log(WEIGHTS)))
-    component_var = alpha**2 * variances + sigma**2  # [K]
-    residual = x[:, None, :] - alpha * means[None]  # [B, K, D]
-    log_density = log_weights - 0.5 * (residual**2).sum(-1) / component_var - xp.log(component_var)  # D = 2
-    log_density = log_density - log_density.max(axis=1, keepdims=True)
-    responsibility = xp.exp(log_density)
-    responsibility = responsibility / responsibility.sum(axis=1, keepdims=True)
-    given_k = means[None] + (alpha * variances / component_var)[None, :, None] * residual
-    return (responsibility[:, :, None] * given_k).sum(1)
+    """E[x_0 | x_t = x] of this file's 2-D mixture (``tests.mixtures``)."""
+    return mixture_posterior_mean(xp, x, alpha, sigma, MEANS, STDS**2, WEIGHTS)
 
 
 class MixtureX0:

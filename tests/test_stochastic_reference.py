@@ -32,6 +32,7 @@ import numpy as np
 import pytest
 
 from diffjax.diffusion import processes, solvers, time_grids
+from tests.mixtures import mixture_posterior_mean
 
 # A 2-D mixture sum_k w_k N(m_k, s_k^2 I) (three components, one of them narrow).
 MEANS = np.array([[-0.8, 0.3], [0.6, -0.5], [0.1, 0.9]])
@@ -44,17 +45,8 @@ TOLERANCE = 2e-5  # max |x_solver - x_reference| / max(1, max |x_reference|), pe
 
 
 def mixture_x0(xp, x, alpha, sigma):
-    """E[x_0 | x_t = x] for x_t = alpha x_0 + sigma eps: sum_k r_k(x) [m_k + alpha s_k^2 /
-    (alpha^2 s_k^2 + sigma^2) (x - alpha m_k)], r_k the responsibilities."""
-    means, variances, log_weights = (xp.asarray(a, x.dtype) for a in (MEANS, STDS**2, np.log(WEIGHTS)))
-    component_var = alpha**2 * variances + sigma**2
-    residual = x[:, None, :] - alpha * means[None]
-    log_density = log_weights - 0.5 * (residual**2).sum(-1) / component_var - xp.log(component_var)  # 2-D
-    log_density = log_density - log_density.max(axis=1, keepdims=True)
-    responsibility = xp.exp(log_density)
-    responsibility = responsibility / responsibility.sum(axis=1, keepdims=True)
-    given_k = means[None] + (alpha * variances / component_var)[None, :, None] * residual
-    return (responsibility[:, :, None] * given_k).sum(1)
+    """E[x_0 | x_t = x] of this file's 2-D mixture (``tests.mixtures``)."""
+    return mixture_posterior_mean(xp, x, alpha, sigma, MEANS, STDS**2, WEIGHTS)
 
 
 class MixtureX0:
