@@ -21,8 +21,15 @@ import numpy as np
 
 
 def _load(path: str) -> list[dict]:
+    """The rows of a sweep, one per entry (an entry run twice with the same seed gives the same
+    samples: the first row is kept)."""
+    rows = {}
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                rows.setdefault(row["entry"], row)
+    return list(rows.values())
 
 
 def _family(row: dict) -> str:

@@ -90,6 +90,7 @@ def main(argv=None):
             "seconds": seconds, "settings": choice.settings(), "seed": args.seed,
         }
         rows.append(row)
+        done.add(entry)  # an entry listed twice runs once
         with open(path, "a") as f:
             f.write(json.dumps(row) + "\n")
         if entry in args.grids.split():
