@@ -5,9 +5,10 @@
 
 For each sweep: a markdown table, one row per sampler (solver and grid, or the discrete chain),
 one column per NFE (``COLUMNS``), the metric (FD-digits) in each cell, and the best cell of each
-column in bold; then ``<out stem>_<name>.png``: the metric against NFE, one line per sampler, with the
-chain's 1000-step ancestral value as a horizontal line. Rows from several seeds of the same
-entry are averaged and their spread reported in a second table.
+column in bold (from the first sweep given for the name, so that every cell starts from the same x_T);
+then ``<out stem>_<name>.png``: the metric against NFE, one line per sampler, with the
+chain's 1000-step ancestral value as a horizontal line. Entries repeated in later sweeps of
+the same name (other seeds) are listed with their spread in a second table.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ def main(argv=None):
     parts = []
     for name, sweeps in by_name.items():
         rows = [row for sweep in sweeps for row in sweep]
-        text, lines = table(rows, args.metric)
+        text, lines = table(sweeps[0], args.metric)  # one seed: every setting from the same x_T
         picture = f"{stem}_{name}.png"
         plot(lines, picture, f"{name}: {args.metric} against NFE", args.metric)
         pictures = [item.split(":", 1)[1].split("=", 1) for item in args.pictures if item.split(":", 1)[0] == name]
@@ -142,7 +143,8 @@ def main(argv=None):
         if pictures:
             side_by_side(pictures, f"{stem}_grids_{name}.png")
             grids = f"\n![{name}: samples]({os.path.basename(stem)}_grids_{name}.png)\n"
-        parts.append(f"## {name}\n\n{len(rows)} rows from {len(sweeps)} seed(s); {args.metric}, lower is better; "
+        parts.append(f"## {name}\n\n{len(sweeps[0])} settings of the first sweep given (seed {sweeps[0][0]['seed']}, "
+                     f"every setting from the same x_T); {args.metric}, lower is better; "
                      f"the best of each NFE column in bold.\n\n{text}\n\n![{name}]({os.path.basename(picture)})\n{grids}")
         if len(sweeps) > 1:
             spread = collections.defaultdict(list)
