@@ -40,6 +40,9 @@ def _family(row: dict) -> str:
     return f"{row['solver']} ({settings['grid']})"
 
 
+STOCHASTIC = ("edm_stochastic", "euler_ancestral", "dpmpp_2m_sde", "ddpm", "pc")
+"""Drawn dashed (the deterministic solvers solid, the chain dotted)."""
+
 COLUMNS = (5, 8, 10, 15, 20, 50, 100, 1000)
 """NFE columns of the table; a row's NFE goes to the nearest one (a 2-NFE-per-step solver
 has odd NFEs: 7, 9, 19, ...) and its cell then shows the actual NFE in brackets."""
@@ -81,16 +84,18 @@ def plot(lines: dict, path: str, title: str, metric: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=100)
     anchor = None
-    for family, points in sorted(lines.items()):
+    colours = plt.get_cmap("tab20").colors
+    for index, (family, points) in enumerate(sorted(lines.items())):
         points = sorted(points)
         if family == "chain ddpm" and len(points) == 1:
             anchor = points[0][1]
             continue
         nfes, vs = zip(*points)
-        style = "--" if family.startswith("chain") else "-"
-        ax.plot(nfes, vs, style, marker="o", markersize=3, label=family)
+        style = ":" if family.startswith("chain") else ("--" if family.split()[0] in STOCHASTIC else "-")
+        ax.plot(nfes, vs, style, color=colours[index % len(colours)], marker="os^vD"[index % 5], markersize=3.5,
+                label=family)
     if anchor is not None:
         ax.axhline(anchor, color="black", linewidth=1, label="chain ddpm, 1000 steps")
     ax.set(xscale="log", yscale="log", xlabel="NFE (network evaluations per sample)", ylabel=metric, title=title)
