@@ -15,8 +15,9 @@
 * ``timesteps``: uniform and loss-aware importance sampling of t.
 * ``samplers``: DDPM ancestral and DDIM in ``lax.scan``, classifier-free guidance.
 * ``solvers``: deterministic probability-flow ODE solvers in the continuous view (Euler,
-  DDIM, EDM's Heun, DPM-Solver++ 2M and 3M) and stochastic samplers (EDM's
-  Algorithm 2, Euler ancestral, DPM-Solver++(2M) SDE) driven by one ``lax.scan`` over a time grid.
+  DDIM, EDM's Heun, DPM-Solver++ 2M and 3M, UniPC-2/3) and stochastic samplers (EDM's
+  Algorithm 2, Euler ancestral, DPM-Solver++(2M) SDE, DDPM's ancestral step, score_sde's
+  predictor-corrector) driven by one ``lax.scan`` over a time grid.
 * ``latent``: DDIM's latent space: deterministic encoding (a solver run up the reversed grid),
   decoding, slerp of two latents and interpolation through them.
 * ``likelihood``: the full variational bound in bits/dim.
@@ -24,6 +25,8 @@
   continuous (L_inf) and T-step diffusion losses, prior and 8-bit reconstruction terms in
   bits/dim, low-discrepancy times, Fourier features, the schedule's variance gradient (the
   learned schedules' networks are in ``diffjax.models.noise_schedule``).
+* ``ode_likelihood``: the probability-flow ODE log-likelihood (diffrax, batch-shared adaptive
+  steps; exact or Hutchinson divergence; uniform dequantisation of 8-bit data, bits/dim).
 * ``analytic``: the exact denoiser of a Gaussian mixture (tests and baselines).
 
 Nothing here imports another diffjax package.
