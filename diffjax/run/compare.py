@@ -4,7 +4,8 @@
 
 Reads each run's ``config.json``, ``metrics.jsonl`` and ``eval/*.json`` (what
 ``train_and_evaluate`` and ``diffjax.run.evaluate`` write), prints a table
-(experiment, schedule, objective, variance, steps trained, NLL in bits/dim, the sample
+(experiment, schedule, objective, variance, steps trained, NLL in bits/dim, the PF-ODE
+bound in bits/dim where any run has ``eval/ode_nll.json``, the sample
 metric at each evaluated sampler (chain steps, or solver and NFE), training steps/s; the checkpoint the
 eval files come from) and writes it to
 ``--out`` with PNG plots next to it, named after the report (``report_schedules.png``,
@@ -52,6 +53,7 @@ class RunRecord:
       metrics: the records of ``metrics.jsonl``, one per logged step, by step ([] when missing).
       nll: ``eval/nll.json`` or None.
       sample_quality: ``eval/sample_quality.json`` or None.
+      ode_nll: ``eval/ode_nll.json`` (the probability-flow ODE bound) or None.
     """
 
     path: str
@@ -60,6 +62,7 @@ class RunRecord:
     metrics: list[dict[str, Any]]
     nll: dict[str, Any] | None
     sample_quality: dict[str, Any] | None
+    ode_nll: dict[str, Any] | None = None
 
     def setting(self, group: str, key: str, default: Any = None) -> Any:
         """``config[group][key]``, or ``default`` when absent."""
@@ -101,6 +104,7 @@ def load_run(path: str, name: str | None = None) -> RunRecord:
         metrics=_read_metrics(os.path.join(path, "metrics.jsonl")),
         nll=_read_json(os.path.join(path, "eval", "nll.json")),
         sample_quality=_read_json(os.path.join(path, "eval", "sample_quality.json")),
+        ode_nll=_read_json(os.path.join(path, "eval", "ode_nll.json")),
     )
 
 
@@ -158,7 +162,8 @@ def _quality_columns(runs: Sequence[RunRecord]) -> list[tuple[str, str, int, int
 
 def _eval_checkpoint(run: RunRecord) -> str | None:
     """The checkpoint step(s) the eval files were computed from."""
-    steps = sorted({str(r["checkpoint_step"]) for r in (run.nll, run.sample_quality) if r and "checkpoint_step" in r})
+    records = (run.nll, run.ode_nll, run.sample_quality)
+    steps = sorted({str(r["checkpoint_step"]) for r in records if r and "checkpoint_step" in r})
     return "/".join(steps) or None
 
 
@@ -185,8 +190,10 @@ def summary_table(runs: Sequence[RunRecord]) -> tuple[list[str], list[list[str]]
       (headers, rows): one row of strings per run.
     """
     quality = _quality_columns(runs)
+    ode = any(run.ode_nll for run in runs)
     headers = [
         "run", "experiment", "schedule", "objective", "var_type", "steps trained", "eval checkpoint", "NLL (bits/dim)",
+        *(["NLL, PF-ODE (bits/dim)"] if ode else []),
         *[f"{METRIC_TITLES.get(m, m)} @{_column_name(family, nfe, steps)}" for m, family, nfe, steps in quality],
         "train steps/s",
     ]
@@ -205,6 +212,7 @@ def summary_table(runs: Sequence[RunRecord]) -> tuple[list[str], list[list[str]]
             _format(steps_trained),
             _format(_eval_checkpoint(run)),
             _nll_cell(run),
+            *([_format((run.ode_nll or {}).get("bpd"))] if ode else []),
             *[_format(values.get(column)) for column in quality],
             _format(_steps_per_sec(run), 3),
         ])

@@ -12,6 +12,8 @@ Groups: ``runtime``, ``data``, ``model``, ``diffusion``, ``train``, ``sample``, 
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 from diffjax.data.toy2d import TOY_NAMES
@@ -169,6 +171,15 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval.num_samples = 1000
     config.eval.nll_chain = ""  # "": the full T-step bound; a respacing gives a cheaper K-step bound
     config.eval.nll_seed = 0
+    # The probability-flow ODE bound (eval/ode_nll.json): uniform dequantisation, Hutchinson divergence with
+    # ode_probes Rademacher probes, an adaptive solve with tolerances ode_rtol / ode_atol, over the NLL's
+    # examples (ode_num_examples = 0) or the first ode_num_examples of them; ode_seed draws noise and probes.
+    config.eval.ode_nll = False
+    config.eval.ode_probes = 1
+    config.eval.ode_rtol = 1e-5
+    config.eval.ode_atol = 1e-5
+    config.eval.ode_num_examples = 0
+    config.eval.ode_seed = 0
     # FID/IS: pytorch-fid's weights file (.pth, or the .npz of `python -m diffjax.evaluation.inception
     # convert`); "" scores only with the in-domain metric (digits, toy2d) and skips FID.
     config.eval.fid_weights = ""
@@ -251,9 +262,28 @@ def validate(config: ml_collections.ConfigDict) -> None:
     except ValueError as error:
         raise ConfigError(f"config.eval.nll_chain: {error}") from None
     _require(config.eval.num_samples > 0, "eval.num_samples", "must be positive")
+    _validate_ode_nll(config.eval)
     _require(config.eval.fid_image_size >= 75, "eval.fid_image_size", "Inception-v3 needs at least 75 (299 for FID)")
     _require(config.eval.fid_batch_size > 0, "eval.fid_batch_size", "must be positive")
     _require(config.eval.fid_reference_examples >= 0, "eval.fid_reference_examples", "must be non-negative")
+
+
+def _validate_ode_nll(e: ml_collections.ConfigDict) -> None:
+    """The probability-flow ODE bound's keys (checked whether or not ``eval.ode_nll`` is set)."""
+    _require(isinstance(e.ode_nll, bool), "eval.ode_nll", f"must be True or False, got {e.ode_nll!r}")
+    _require(_is_int(e.ode_probes) and e.ode_probes >= 1, "eval.ode_probes",
+             f"Hutchinson's estimator needs at least 1 probe per example, got {e.ode_probes!r}")
+    for key in ("ode_rtol", "ode_atol"):
+        value = e[key]
+        _require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                 and 0 < value < 1, f"eval.{key}", f"the solver's tolerance must be in (0, 1), got {value!r}")
+    _require(_is_int(e.ode_num_examples) and e.ode_num_examples >= 0, "eval.ode_num_examples",
+             f"must be a non-negative integer (0: the NLL's examples), got {e.ode_num_examples!r}")
+    if e.num_examples:
+        _require(e.ode_num_examples <= e.num_examples, "eval.ode_num_examples",
+                 f"the ODE bound's examples come from the NLL's: at most eval.num_examples = {e.num_examples}, "
+                 f"got {e.ode_num_examples}")
+    _require(_is_int(e.ode_seed) and e.ode_seed >= 0, "eval.ode_seed", f"must be a non-negative integer, got {e.ode_seed!r}")
 
 
 def _is_int(value) -> bool:

@@ -9,6 +9,11 @@ writes, under ``workdir/eval/``:
   and per-t terms (see ``diffjax.evaluation.nll``); ``config.eval.nll_chain`` a respacing
   for a cheaper K-step bound, ``config.eval.nll_seed`` its noise. Data sets without an
   evaluation split (the 2-D toys) have none.
+* ``ode_nll.json`` (when ``config.eval.ode_nll``): the probability-flow ODE bound, uniformly
+  dequantised, over the same examples (or the first ``config.eval.ode_num_examples``), with
+  ``ode_probes`` Rademacher probes, tolerances ``ode_rtol`` / ``ode_atol`` and ``ode_seed``
+  (see ``diffjax.evaluation.ode_nll``); its mean NFE per batch and the standard error over
+  examples. Skipped, like the NLL, without an evaluation split.
 * ``sample_quality.json``: for each entry of ``config.eval.sample_steps`` (default: the
   choice of ``config.sample``), ``config.eval.num_samples`` samples from the EMA params,
   every entry starting from the same x_T, scored by the data's metric
@@ -34,6 +39,7 @@ from absl import logging
 
 from diffjax.data.errors import UnknownDatasetError
 from diffjax.evaluation.nll import nll_of_state, write_nll_json
+from diffjax.evaluation.ode_nll import first_examples, ode_nll_of_params, write_ode_nll_json
 from diffjax.run.restore import chosen_params, restore_train_state
 from diffjax.run.scorers import sample_scorer
 from diffjax.runtime.mesh import make_mesh
@@ -58,8 +64,9 @@ def sampling_step_list(steps: str | Sequence[str]) -> list[str]:
     return [str(s) for s in steps]
 
 
-def _eval_split_name(config: ml_collections.ConfigDict) -> str:
-    """The split the NLL is computed on: ``config.eval.split`` or the data set's eval split."""
+def _eval_split_name(config: ml_collections.ConfigDict, num_examples: int | None = None) -> str:
+    """The split the NLL is computed on: ``config.eval.split`` or the data set's eval split, and its first
+    ``num_examples`` (default ``config.eval.num_examples``; 0: all)."""
     from diffjax.data.catalog import image_dataset_spec  # imports TensorFlow (3-6 s): only for image data
 
     split = config.eval.split
@@ -68,8 +75,9 @@ def _eval_split_name(config: ml_collections.ConfigDict) -> str:
             split = image_dataset_spec(config.data.name).eval_split or "?"
         except UnknownDatasetError:  # a recipe with its own evaluation batches
             split = "?"
-    if config.eval.num_examples:
-        split += f"[:{config.eval.num_examples}]"
+    num_examples = config.eval.num_examples if num_examples is None else num_examples
+    if num_examples:
+        split += f"[:{num_examples}]"
     return split
 
 
@@ -101,15 +109,16 @@ def evaluate(
       workdir: the run's folder, with ``checkpoints/``.
       recipe: ``build(config)`` of the experiment.
       step: which checkpoint (default: the latest).
-      compute_nll: compute the bound (when the recipe has an evaluation split).
+      compute_nll: compute the bound (when the recipe has an evaluation split), and the PF-ODE
+        bound too when ``config.eval.ode_nll``.
       compute_samples: sample and score (when a metric exists for the data).
       use_ema: evaluate the EMA params (the papers' protocol) instead of the raw ones.
       feature_cache_dir: where the digits classifier is cached (default ``~/.cache/diffjax``).
       mesh: the data mesh (default: every device).
 
     Returns:
-      ``{"checkpoint_step": n, "nll": nll.json's record or None, "sample_quality":
-      sample_quality.json's record or None}``.
+      ``{"checkpoint_step": n, "nll": nll.json's record or None, "ode_nll": ode_nll.json's record
+      or None, "sample_quality": sample_quality.json's record or None}``.
 
     Raises:
       NoCheckpointError: the workdir has no checkpoint (nothing is created in it).
@@ -131,7 +140,7 @@ def evaluate(
     state = restore_train_state(config, workdir, recipe, mesh, step)
     checkpoint_step = int(state.step)
     params, params_name = chosen_params(state, use_ema)
-    result: dict[str, Any] = {"checkpoint_step": checkpoint_step, "nll": None, "sample_quality": None}
+    result: dict[str, Any] = {"checkpoint_step": checkpoint_step, "nll": None, "ode_nll": None, "sample_quality": None}
 
     if compute_nll and recipe.eval_batches is not None:
         started = time.perf_counter()
@@ -144,6 +153,21 @@ def evaluate(
             result["nll"] = write_nll_json(nll, os.path.join(eval_dir, "nll.json"), **extra)
         else:
             result["nll"] = {**nll.to_json(), **extra}
+
+    if compute_nll and e.ode_nll and recipe.eval_batches is not None:
+        started = time.perf_counter()
+        ode = ode_nll_of_params(
+            recipe, params, mesh, first_examples(recipe.eval_batches(), e.ode_num_examples),
+            probes=e.ode_probes, rtol=e.ode_rtol, atol=e.ode_atol, seed=e.ode_seed, progress=is_main,
+        )
+        extra = {
+            "checkpoint_step": checkpoint_step, "params": params_name, "data": config.data.name,
+            "split": _eval_split_name(config, e.ode_num_examples or None), "seconds": time.perf_counter() - started,
+        }
+        if is_main:
+            result["ode_nll"] = write_ode_nll_json(ode, os.path.join(eval_dir, "ode_nll.json"), **extra)
+        else:
+            result["ode_nll"] = {**ode.to_json(), **extra}
 
     if scorer is not None:
         entries = sampling_step_list(e.sample_steps) if e.sample_steps else [None]
