@@ -20,6 +20,7 @@ from diffjax.run.recipes import network_from_config
 from diffjax.runtime.checkpoint import Checkpointer
 from diffjax.train.loop import make_init_fn
 from diffjax.train.optim import make_optimizer
+from tests.test_evaluation import batches_of
 from tests.train_utils import load_experiment, toy_config, toy_recipe
 
 TOLERANCE = 1e-3
@@ -49,18 +50,6 @@ def image_setup():
     return config, recipe, state, data, evaluator
 
 
-def batches_of(data, batch_size, garbage=0.0):
-    """Batches of ``batch_size`` rows, the last padded with masked ``garbage`` rows."""
-    batches = []
-    for start in range(0, len(data), batch_size):
-        rows = data[start : start + batch_size]
-        pad = batch_size - len(rows)
-        batches.append({
-            "image": np.concatenate([rows, np.full((pad, *data.shape[1:]), garbage, np.float32)]),
-            "label": np.zeros(batch_size, np.int32),
-            "mask": np.arange(batch_size) < len(rows),
-        })
-    return batches
 
 
 def test_ode_bound_ignores_padding_and_is_reproducible(image_setup):

@@ -12,26 +12,9 @@ import pytest
 
 from diffjax.diffusion import analytic, processes, samplers, schedules, solvers, time_grids
 from diffjax.diffusion.parameterization import DiffusionSpec
-from tests.mixtures import mixture_posterior_mean
+from tests.test_solvers import MEANS, STDS, WEIGHTS, MixtureX0, mixture_x0  # the same 2-D mixture
 
-# A 2-D mixture sum_k w_k N(m_k, s_k^2 I) and its exact data prediction D(x, t) = sum_k r_k(x)
-# [m_k + alpha s_k^2 / (alpha^2 s_k^2 + sigma^2) (x - alpha m_k)], over an array module.
-MEANS = np.array([[-0.7, 0.2], [0.5, -0.4]])
-STDS = np.array([0.2, 0.35])
-WEIGHTS = np.array([0.6, 0.4])
-
-
-def mixture_x0(xp, x, alpha, sigma):
-    """E[x_0 | x_t = x] of this file's 2-D mixture (``tests.mixtures``)."""
-    return mixture_posterior_mean(xp, x, alpha, sigma, MEANS, STDS**2, WEIGHTS)
-
-
-class MixtureX0:
-    def __init__(self, process):
-        self.process = process
-
-    def __call__(self, x, t):
-        return mixture_x0(jnp, x, self.process.alpha(t), self.process.sigma(t))
+# The 2-D mixture of tests/test_solvers.py and its exact data prediction (tests/mixtures.py).
 
 
 @functools.partial(jax.jit, static_argnames=("name", "denoise_x0", "static", "denoise_to_zero", "return_trajectory"))
