@@ -222,33 +222,3 @@ def test_invalid_order_or_variant_is_refused():
     for options in (dict(order=4), dict(variant="bh3")):
         with pytest.raises(ValueError):
             solvers.solve(unipc(**{"order": 2, **options}), process, MixtureX0(process), jnp.ones((2, 2)), grid)
-
-
-# ------------------------------------------------------------------ compilation
-
-
-@pytest.mark.parametrize("name", ["unipc_3"])  # unipc_2 is the same code with a smaller static order
-def test_compiled_once_per_grid_length_with_one_evaluation_per_step(name):
-    """A new grid of the same length (other values, other ends) reuses the compiled solver and
-    a new length traces again (as test_solvers' other solvers); tracing the whole solve calls
-    the denoiser once, in the scan's body: one NFE per step."""
-    traces, calls = [], []
-    process = processes.VPLinear()
-    mixture = MixtureX0(process)
-
-    def denoise_x0(x, t):
-        calls.append(None)
-        return mixture(x, t)
-
-    @jax.jit
-    def sample(x_T, grid):
-        traces.append(grid.shape)
-        return solvers.solve(solvers.SOLVERS[name], process, denoise_x0, x_T, grid)
-
-    x_T = jnp.ones((4, 2))
-    first = sample(x_T, time_grids.uniform_log_snr(process, 6))
-    second = sample(x_T, time_grids.karras(process, 6, t_max=0.9, t_min=2e-3))
-    assert len(traces) == 1 and len(calls) == 1 and not np.allclose(first, second)
-    assert np.all(np.isfinite(first)) and np.all(np.isfinite(second))
-    sample(x_T, time_grids.uniform_t(process, 7))
-    assert len(traces) == 2 and solvers.NFE_PER_STEP[name] == 1
