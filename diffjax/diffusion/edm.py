@@ -137,6 +137,14 @@ class Column:
         raise NotImplementedError
 
 
+def _eps_network_coefficients(sigma: jax.Array, c_noise: jax.Array) -> Coefficients:
+    """The VP and iDDPM columns' c_skip = 1, c_out = -sigma, c_in = 1/sqrt(sigma^2 + 1) (an eps
+    network on the VP-scaled input), with the column's own c_noise."""
+    return Coefficients(
+        c_skip=jnp.ones_like(sigma), c_out=-sigma, c_in=jax.lax.rsqrt(jnp.square(sigma) + 1.0), c_noise=c_noise
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class VPPrecond(Column):
     """Table 1's VP column (score_sde's VP SDE, DDPM++): see the module docstring."""
@@ -160,12 +168,7 @@ class VPPrecond(Column):
 
     def coefficients(self, sigma) -> Coefficients:
         sigma = _float(sigma)
-        return Coefficients(
-            c_skip=jnp.ones_like(sigma),
-            c_out=-sigma,
-            c_in=jax.lax.rsqrt(jnp.square(sigma) + 1.0),
-            c_noise=(self.M - 1) * self.t_of_sigma(sigma),
-        )
+        return _eps_network_coefficients(sigma, (self.M - 1) * self.t_of_sigma(sigma))
 
     def loss_weight(self, sigma) -> jax.Array:
         return 1.0 / jnp.square(_float(sigma))
@@ -270,12 +273,7 @@ class IDDPMPrecond(Column):
 
     def coefficients(self, sigma) -> Coefficients:
         sigma = _float(sigma)
-        return Coefficients(
-            c_skip=jnp.ones_like(sigma),
-            c_out=-sigma,
-            c_in=jax.lax.rsqrt(jnp.square(sigma) + 1.0),
-            c_noise=(self.M - 1 - self.step_index(sigma)).astype(sigma.dtype),
-        )
+        return _eps_network_coefficients(sigma, (self.M - 1 - self.step_index(sigma)).astype(sigma.dtype))
 
     def loss_weight(self, sigma) -> jax.Array:
         return 1.0 / jnp.square(_float(sigma))
