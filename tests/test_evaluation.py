@@ -22,7 +22,7 @@ from diffjax.run.sample import generate
 from diffjax.runtime.checkpoint import Checkpointer
 from diffjax.train.loop import make_init_fn
 from diffjax.train.optim import make_optimizer
-from tests.train_utils import toy_config, toy_recipe
+from tests.train_utils import toy_config, toy_recipe, workdir_with_checkpoint
 
 # ------------------------------------------------------------------ Fréchet distance
 
@@ -204,12 +204,7 @@ def test_fd_digits_is_small_between_splits_and_large_for_noise(digits_net):
 
 def test_evaluate_restores_and_writes_eval_files_that_compare_reads(toy_setup, tmp_path):
     config, recipe, state, data, _ = toy_setup
-    workdir = str(tmp_path / "run")
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-    checkpointer.save(0, state, force=True)
-    checkpointer.close()
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort())
+    workdir = workdir_with_checkpoint(str(tmp_path / "run"), config, state)
     recipe = dataclasses.replace(recipe, eval_batches=lambda: batches_of(data, 4))
 
     config = config.copy_and_resolve_references()

@@ -10,33 +10,23 @@ import jax
 import numpy as np
 import pytest
 
-from diffjax.data.pictures import save_image_grid
 from diffjax.errors import ConfigError
 from diffjax.evaluation.ode_nll import ODEBoundEvaluator, first_examples, pixels_of
 from diffjax.run.compare import write_report
 from diffjax.run.config import validate
 from diffjax.run.evaluate import evaluate
-from diffjax.run.recipes import network_from_config
-from diffjax.runtime.checkpoint import Checkpointer
 from diffjax.train.loop import make_init_fn
 from diffjax.train.optim import make_optimizer
 from tests.test_evaluation import batches_of
-from tests.train_utils import load_experiment, toy_config, toy_recipe
+from tests.train_utils import tiny_image_setup, toy_config, workdir_with_checkpoint
 
 TOLERANCE = 1e-3
 
 
 @pytest.fixture(scope="module")
 def image_setup():
-    config = toy_config().copy_and_resolve_references()
-    config.diffusion.timesteps = 20
-    digits = load_experiment("digits_ddpm").get_config("smoke")
-    config.model = digits.model
-    config.model.update(channels=8, norm_groups=4, channel_mult=(1,), attention_resolutions=())
-    config.data.update(channels=1, image_size=8)
+    config, recipe = tiny_image_setup()
     config.eval.update(ode_nll=True, ode_rtol=TOLERANCE, ode_atol=TOLERANCE, ode_seed=3)
-    recipe = dataclasses.replace(toy_recipe(config), model=network_from_config(config), input_shape=(8, 8, 1),
-                                 save_samples=save_image_grid)
     state = jax.jit(make_init_fn(recipe, make_optimizer(config.train)))(jax.random.PRNGKey(0))
     # The UNet's last layer starts at zero (D(x) = x / alpha): perturb every parameter so that the
     # density depends on the image.
@@ -119,12 +109,7 @@ def test_validate_checks_the_ode_keys():
 
 def test_evaluate_writes_ode_nll_json_that_compare_reads(image_setup, tmp_path):
     config, recipe, state, data, _ = image_setup
-    workdir = str(tmp_path / "run")
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-    checkpointer.save(0, state, force=True)
-    checkpointer.close()
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort())
+    workdir = workdir_with_checkpoint(str(tmp_path / "run"), config, state)
     recipe = dataclasses.replace(recipe, eval_batches=lambda: batches_of(data, 2, garbage=0.3))
     config = config.copy_and_resolve_references()
     config.eval.ode_num_examples = 2

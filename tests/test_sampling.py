@@ -13,7 +13,7 @@ from diffjax.runtime.mesh import make_mesh
 from diffjax.runtime.sampling import SamplerChoice, make_sampler
 from diffjax.train.loop import make_init_fn
 from diffjax.train.optim import make_optimizer
-from tests.train_utils import load_experiment, toy_config, toy_recipe
+from tests.train_utils import tiny_image_setup, toy_config, toy_recipe
 
 
 @pytest.fixture(scope="module")
@@ -114,19 +114,10 @@ def test_interpolation_grid_decodes_slerps_of_two_latents(tmp_path):
     ends are the samples of x_a and x_b themselves (a tiny, untrained digits UNet)."""
     import jax.numpy as jnp
 
-    from diffjax.data.pictures import save_image_grid
     from diffjax.diffusion.latent import slerp
-    from diffjax.run.recipes import network_from_config
     from diffjax.run.sample import write_interpolation
 
-    config = toy_config().copy_and_resolve_references()
-    config.diffusion.timesteps = 20
-    digits = load_experiment("digits_ddpm").get_config("smoke")
-    config.model = digits.model
-    config.model.update(channels=8, norm_groups=4, channel_mult=(1,), attention_resolutions=())
-    config.data.update(channels=1, image_size=8)
-    recipe = dataclasses.replace(toy_recipe(config), model=network_from_config(config), input_shape=(8, 8, 1),
-                                 save_samples=save_image_grid)
+    config, recipe = tiny_image_setup()
     params = jax.jit(make_init_fn(recipe, make_optimizer(config.train)))(jax.random.PRNGKey(0)).params
     choice = SamplerChoice.from_settings(config.sample, "dpmpp_2m:3")
     stem = str(tmp_path / "interp")
