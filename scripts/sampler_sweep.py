@@ -28,6 +28,7 @@ import time
 import jax
 
 from diffjax.run.config import validate
+from diffjax.run.evaluate import quality_record, quality_row
 from diffjax.run.experiments import build_recipe, load_experiment
 from diffjax.run.restore import chosen_params, restore_train_state
 from diffjax.run.scorers import sample_scorer
@@ -84,11 +85,7 @@ def main(argv=None):
         started = time.perf_counter()
         samples = make_sampler(recipe, mesh, num_samples=args.num_samples, choice=choice)(params, key)
         seconds = time.perf_counter() - started
-        row = {
-            "entry": entry, "steps": choice.steps, "num_steps": choice.num_steps(schedule), "nfe": choice.nfe(schedule),
-            "sampler": choice.label, "solver": choice.solver or f"chain_{choice.method}", **scorer.score(samples),
-            "seconds": seconds, "settings": choice.settings(), "seed": args.seed,
-        }
+        row = {"entry": entry, **quality_row(choice, schedule, scorer.score(samples), seconds), "seed": args.seed}
         rows.append(row)
         done.add(entry)  # an entry listed twice runs once
         with open(path, "a") as f:
@@ -97,12 +94,7 @@ def main(argv=None):
             recipe.save_samples(samples[:100], os.path.join(eval_dir, f"sweep_{entry.replace(':', '_')}.png"))
         print(f"{entry:28s} NFE {row['nfe']:5d}  {scorer.headline} {row[scorer.headline]:8.3f}  ({seconds:.0f} s)",
               flush=True)
-        record = {
-            "checkpoint_step": int(state.step), "kind": scorer.kind, "metric": scorer.headline, "params": params_name,
-            "method": config.sample.method, "eta": config.sample.eta, "clip_denoised": config.sample.clip_denoised,
-            "guidance_weight": config.sample.guidance_weight, "num_samples": args.num_samples,
-            "timesteps": schedule.num_timesteps, **scorer.info, "results": rows,
-        }
+        record = quality_record(int(state.step), params_name, scorer, config.sample, args.num_samples, schedule, rows)
         with open(os.path.join(eval_dir, "sample_quality.json"), "w") as f:
             json.dump(record, f, indent=2)
 

@@ -46,7 +46,7 @@ from diffjax.runtime.mesh import make_mesh
 from diffjax.runtime.recipe import Recipe
 from diffjax.runtime.sampling import SamplerChoice, make_sampler
 
-__all__ = ["evaluate", "sampling_step_list"]
+__all__ = ["evaluate", "quality_record", "quality_row", "sampling_step_list"]
 
 # Samples in the picture written next to the json, per step count.
 _PICTURE_SAMPLES = 64
@@ -85,6 +85,27 @@ def _write_json(path: str, record: dict[str, Any]) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         json.dump(record, f, indent=2)
+
+
+def quality_row(choice: SamplerChoice, schedule, scores: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """One row of ``sample_quality.json``: how the samples were drawn (steps, NFE, sampler,
+    settings), their scores, and the seconds it took."""
+    return {
+        "steps": choice.steps, "num_steps": choice.num_steps(schedule), "nfe": choice.nfe(schedule),
+        "sampler": choice.label, "solver": choice.solver or f"chain_{choice.method}",
+        **scores, "seconds": seconds, "settings": choice.settings(),
+    }
+
+
+def quality_record(checkpoint_step: int, params_name: str, scorer, sample_config, num_samples: int, schedule,
+                   rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """``sample_quality.json``: the rows with the scorer's description and the chain's settings."""
+    s = sample_config
+    return {
+        "checkpoint_step": checkpoint_step, "kind": scorer.kind, "metric": scorer.headline, "params": params_name,
+        "method": s.method, "eta": s.eta, "clip_denoised": s.clip_denoised, "guidance_weight": s.guidance_weight,
+        "num_samples": num_samples, "timesteps": schedule.num_timesteps, **scorer.info, "results": rows,
+    }
 
 
 def evaluate(
@@ -173,7 +194,6 @@ def evaluate(
         entries = sampling_step_list(e.sample_steps) if e.sample_steps else [None]
         choices = [SamplerChoice.from_settings(config.sample, entry) for entry in entries]
         key = jax.random.fold_in(jax.random.PRNGKey(config.train.seed + 2), checkpoint_step)
-        s = config.sample
         schedule = recipe.diffusion.schedule
         rows = []
         for choice in choices:
@@ -181,28 +201,11 @@ def evaluate(
             draw = make_sampler(recipe, mesh, num_samples=e.num_samples, choice=choice)
             samples = draw(params, key)  # the same key: every choice starts from the same x_T
             seconds = time.perf_counter() - started
-            rows.append({
-                "steps": choice.steps, "num_steps": choice.num_steps(schedule), "nfe": choice.nfe(schedule),
-                "sampler": choice.label, "solver": choice.solver or f"chain_{choice.method}",
-                **scorer.score(samples), "seconds": seconds, "settings": choice.settings(),
-            })
+            rows.append(quality_row(choice, schedule, scorer.score(samples), seconds))
             if is_main:
                 picture = os.path.join(eval_dir, f"samples_{choice.label.replace(':', '_')}.png")
                 recipe.save_samples(samples[:_PICTURE_SAMPLES], picture)
-        record = {
-            "checkpoint_step": checkpoint_step,
-            "kind": scorer.kind,
-            "metric": scorer.headline,
-            "params": params_name,
-            "method": s.method,
-            "eta": s.eta,
-            "clip_denoised": s.clip_denoised,
-            "guidance_weight": s.guidance_weight,
-            "num_samples": e.num_samples,
-            "timesteps": recipe.diffusion.schedule.num_timesteps,
-            **scorer.info,
-            "results": rows,
-        }
+        record = quality_record(checkpoint_step, params_name, scorer, config.sample, e.num_samples, schedule, rows)
         if is_main:
             _write_json(os.path.join(eval_dir, "sample_quality.json"), record)
         result["sample_quality"] = record
