@@ -100,7 +100,8 @@ def test_dry_run_counts_follow_model_overrides(config, overrides, count):
     [("digits_ddpm", None, 701_345), ("digits_ddpm", "smoke", 701_345), ("ddpm_cifar10", None, 35_746_307),
      ("ddpm_celebahq256", None, 113_673_219), ("ddpm_lsun_church256", None, 113_673_219),
      ("iddpm_cifar10", "hybrid_cosine", 52_546_438), ("iddpm_imagenet64", "vlb_cosine", 121_063_942),
-     ("toy2d", None, 175_106)],
+     ("toy2d", None, 175_106), ("digits_vdm", "fixed", 701_345), ("digits_edm", None, 701_345),
+     ("digits_naive", None, 701_345), ("digits_vdm", "toy2d", 175_106)],
 )
 def test_every_experiment_builds_its_network_from_the_config(name, arg, count):
     experiment = load_experiment(name)
@@ -226,8 +227,59 @@ def test_every_experiment_config_is_valid():
         for o in ("simple", "hybrid", "vlb") for s in ("linear", "cosine")
     ]:
         validate(load_experiment(name).get_config(arg))
+    for name, args in [("digits_vdm", ("fixed", "learned_linear", "learned", "learned,smoke", "fixed,toy2d",
+                                       "learned,toy2d,smoke")),
+                       ("digits_edm", (None, "smoke", "toy2d", "toy2d,smoke")),
+                       ("digits_naive", (None, "smoke", "toy2d,smoke"))]:
+        for arg in args:
+            validate(load_experiment(name).get_config(arg))
     with pytest.raises(ValueError, match="OBJECTIVE_SCHEDULE"):
         load_experiment("iddpm_cifar10").get_config("kl_cosine")
+    with pytest.raises(ValueError, match="unknown variant"):
+        load_experiment("digits_vdm").get_config("fixed,learned")
+
+
+def test_learned_schedule_params_sit_beside_the_network():
+    """VDM's monotone schedule (1 + 1024 + 1024 weights, 1 + 1024 + 1 biases, 2 learned ends) joins
+    the digits UNet's 701,345 parameters under params["schedule"]."""
+    experiment = load_experiment("digits_vdm")
+    recipe = build_recipe(experiment, experiment.get_config("learned"))
+    params = models.abstract_params(recipe.model, recipe.input_shape)
+    assert set(params) == {"network", "schedule"}
+    assert models.count_params(params["network"]) == 701_345
+    assert models.count_params(params["schedule"]) == (1 + 1024 + 1024) + (1 + 1024 + 1) + 2
+
+
+@pytest.mark.parametrize(
+    "updates,message",
+    [
+        (dict(family="ddim"), "config.diffusion.family: 'ddim' is not one of"),
+        (dict(family="continuous", process="vp_linear", noise_sampler="log_normal"),
+         "config.diffusion.noise_sampler: log_normal draws EDM's sigma and needs process 'edm'"),
+        (dict(family="continuous", weighting="snr"), "config.diffusion.weighting: 'snr' is not one of"),
+        (dict(family="continuous", process="edm", weighting="v_mse"), "config.diffusion.weighting: v_mse"),
+        (dict(family="continuous", gamma_0=6.0), r"config.diffusion.gamma_0: gamma_0 \(6.0\) must be below"),
+        (dict(family="continuous", var_type="learned_range"), "config.diffusion.var_type: a continuous-time model"),
+        (dict(family="continuous"), "config.sample.steps: a continuous-time model is sampled by a solver"),
+        (dict(family="naive", naive_levels=0), "config.diffusion.naive_levels: must be an integer >= 1"),
+    ],
+)
+def test_validate_names_the_bad_family_key(updates, message):
+    config = load_experiment("digits_ddpm").get_config()
+    config.diffusion.update(updates)
+    with pytest.raises(ConfigError, match=message):
+        validate(config)
+
+
+def test_naive_and_elbo_settings_are_checked():
+    config = load_experiment("digits_naive").get_config()
+    config.eval.elbo = True
+    with pytest.raises(ConfigError, match="config.eval.elbo: naive diffusion has no likelihood bound"):
+        validate(config)
+    config = load_experiment("digits_naive").get_config()
+    config.sample.solver = "heun"
+    with pytest.raises(ConfigError, match="naive diffusion has its own iterative sampler"):
+        validate(config)
 
 
 def test_network_and_data_must_fit():

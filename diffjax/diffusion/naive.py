@@ -49,6 +49,7 @@ Shapes: x [B, ...]; ``level`` int [B] per example; u and noise like x; ``predict
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import chex
@@ -59,6 +60,7 @@ from diffjax.diffusion.schedules import check_batch
 
 __all__ = [
     "TIME_SCALE",
+    "NaiveDiffusion",
     "Predictor",
     "corrupt",
     "draw_corruption",
@@ -243,3 +245,31 @@ def naive_sample(
     levels = jnp.arange(num_levels, 0, -stride, dtype=jnp.int32)  # K, K - s, ..., s
     x0, _ = jax.lax.scan(body, x_K, levels)
     return x0
+
+
+@dataclasses.dataclass(frozen=True)
+class NaiveDiffusion:
+    """Naive diffusion as a model family of the trainer and the samplers
+    (``config.diffusion.family = "naive"``).
+
+    Attributes:
+      num_levels: K.
+    """
+
+    num_levels: int = 100
+
+    def losses(self, network: Callable, params, x0: jax.Array, key: jax.Array, cond=None) -> dict[str, jax.Array]:
+        """``naive_loss`` of ``network(params, x, network_time, cond)``: ``loss`` and ``level`` [B]."""
+
+        def predict(x_k, time):
+            return network(params, x_k, time, cond)
+
+        return naive_loss(predict, x0, key, self.num_levels)
+
+    def prior_sample(self, key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+        """x_K ~ U(-1, 1) elementwise, [*shape]."""
+        return jax.random.uniform(key, shape, jnp.float32, minval=-1.0, maxval=1.0)
+
+    def sample(self, predict: Predictor, x_K: jax.Array, num_steps: int | None = None) -> jax.Array:
+        """``naive_sample`` from the given x_K [B, ...] with ``num_steps`` network calls (K by default)."""
+        return naive_sample(predict, None, x_K.shape, self.num_levels, x_K=x_K, num_steps=num_steps)

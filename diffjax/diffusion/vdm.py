@@ -76,6 +76,7 @@ __all__ = [
     "discretise_times",
     "fourier_features",
     "gamma_and_derivative",
+    "gaussian_reconstruction_loss",
     "grid_values",
     "linear_gamma",
     "prior_loss",
@@ -239,6 +240,17 @@ def reconstruction_loss(x: jax.Array, z_0: jax.Array, gamma_0: jax.Array, grid: 
     log_probs = decoder_log_probs(z_0, gamma_0, grid)
     picked = jnp.take_along_axis(log_probs, _grid_index(x, grid)[..., None], axis=-1)[..., 0]
     return _bits_per_dim(-_sum_flat(picked), x)
+
+
+def gaussian_reconstruction_loss(x: jax.Array, z_0: jax.Array, gamma_0: jax.Array) -> jax.Array:
+    """-log p(x | z_0) per example in bits/dim for continuous data (a density, may be negative):
+    the Gaussian decoder p(x | z_0) = N(x; z_0 / alpha_0, exp(gamma_0)) (the noise variance of
+    z_0 / alpha_0 is sigma_0^2 / alpha_0^2 = exp(gamma_0)). x, z_0 [B, ...]; gamma_0 scalar."""
+    chex.assert_equal_shape([x, z_0])
+    gamma_0 = jnp.asarray(gamma_0, x.dtype)
+    mean = z_0 * jnp.exp(0.5 * jax.nn.softplus(gamma_0))  # z_0 / alpha_0, alpha_0^2 = sigmoid(-gamma_0)
+    nats = 0.5 * (jnp.square(x - mean) * jnp.exp(-gamma_0) + gamma_0 + math.log(2.0 * math.pi))
+    return _bits_per_dim(_sum_flat(nats), x)
 
 
 def vdm_loss(

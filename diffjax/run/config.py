@@ -17,10 +17,12 @@ import math
 import ml_collections
 
 from diffjax.data.toy2d import TOY_NAMES
+from diffjax.diffusion.continuous import GAMMA_SCHEDULES, NOISE_SAMPLERS, PREDICTIONS, PROCESS_NAMES
 from diffjax.diffusion.losses import OBJECTIVES, WEIGHTINGS
 from diffjax.diffusion.parameterization import MEAN_TYPES, VAR_TYPES, DiffusionSpec
 from diffjax.diffusion.schedules import BETA_SCHEDULES, space_timesteps
 from diffjax.diffusion.timesteps import TIMESTEP_SAMPLERS
+from diffjax.diffusion.weighting import WEIGHTINGS as CONTINUOUS_WEIGHTINGS
 from diffjax.errors import ConfigError
 from diffjax.models.configs import NETWORKS, PRESETS, get_preset, hyperparameters
 from diffjax.models.layers import DOWNSAMPLE_PADDINGS
@@ -121,6 +123,24 @@ def base_config() -> ml_collections.ConfigDict:
     config.diffusion.loss_weighting = "none"
     config.diffusion.snr_gamma = 5.0
     config.diffusion.timestep_sampler = "uniform"
+    # The model family: "discrete" (the T-step chain above: schedule ... timestep_sampler), "continuous"
+    # (diffusion/continuous.py: the keys below; the chain's keys are unused) or "naive" (diffusion/naive.py:
+    # pixels replaced by noise, naive_levels levels).
+    config.diffusion.family = "discrete"
+    config.diffusion.process = "vp_linear"  # continuous: vp_linear, vp_cosine, edm, vdm
+    config.diffusion.prediction = "eps"  # continuous: eps, x0, v, edm (Karras et al.'s c_skip/c_out/c_in)
+    config.diffusion.weighting = "eps_mse"  # continuous: x0_mse, eps_mse, v_mse, min_snr, elbo, edm
+    config.diffusion.noise_sampler = "uniform"  # continuous: uniform (t, low-discrepancy) or log_normal (edm)
+    config.diffusion.gamma_schedule = "fixed_linear"  # process vdm: fixed_linear, learned_linear, monotone
+    config.diffusion.gamma_0 = -13.3  # process vdm: gamma(0) = -log SNR at t = 0 (initial value if learned)
+    config.diffusion.gamma_1 = 5.0  # process vdm: gamma(1)
+    config.diffusion.learn_endpoints = True  # monotone schedule: learn gamma_0, gamma_1 by the bound
+    config.diffusion.schedule_hidden = 1024  # monotone schedule: width of its hidden layer (VDM: 1024)
+    config.diffusion.variance_gradient = True  # monotone schedule: its shape minimises the loss variance
+    config.diffusion.sigma_data = 0.5  # EDM's sigma_d (prediction edm, weighting edm)
+    config.diffusion.p_mean = -1.2  # EDM's log-normal training sigma: ln sigma ~ N(p_mean, p_std^2)
+    config.diffusion.p_std = 1.2
+    config.diffusion.naive_levels = 100  # naive: K corruption levels (the sampler's NFE)
 
     config.train = ml_collections.ConfigDict()
     config.train.seed = 0
@@ -180,6 +200,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval.ode_atol = 1e-5
     config.eval.ode_num_examples = 0
     config.eval.ode_seed = 0
+    # The continuous-time variational bound (eval/elbo.json; VDM's L_inf + prior + reconstruction, in
+    # bits/dim) of any Gaussian model, continuous or discrete (on its continuous view), over the NLL's
+    # examples: elbo_draws low-discrepancy times per example.
+    config.eval.elbo = False
+    config.eval.elbo_draws = 16
     # FID/IS: pytorch-fid's weights file (.pth, or the .npz of `python -m diffjax.evaluation.inception
     # convert`); "" scores only with the in-domain metric (digits, toy2d) and skips FID.
     config.eval.fid_weights = ""
@@ -189,6 +214,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval.fid_image_size = 299  # Inception's input side; only 299 gives FIDs comparable to papers
     config.eval.fid_batch_size = 100
     return config
+
+
+FAMILIES = ("discrete", "continuous", "naive")
+"""``config.diffusion.family``."""
 
 
 def _require(condition: bool, key: str, message: str) -> None:
@@ -214,6 +243,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _one_of(config, "diffusion.objective", OBJECTIVES)
     _one_of(config, "diffusion.loss_weighting", WEIGHTINGS)
     _one_of(config, "diffusion.timestep_sampler", TIMESTEP_SAMPLERS)
+    _validate_family(config)
     _one_of(config, "sample.method", ("ddpm", "ddim"))
     _validate_model(config)
     try:
@@ -251,8 +281,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 for entry in config.eval.sample_steps.replace(";", " ").split()]
     for key, choice in choices:
         try:
-            choice.check(d.timesteps)
-            if not choice.solver:
+            choice.check(d.timesteps, family=d.family)
+            if not choice.solver and d.family == "discrete":
                 space_timesteps(d.timesteps, choice.steps)
         except ValueError as error:
             where = f"config.{key}" if key == "sample.steps" else f"config.{key} ({choice.label})"
@@ -263,9 +293,47 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.eval.nll_chain: {error}") from None
     _require(config.eval.num_samples > 0, "eval.num_samples", "must be positive")
     _validate_ode_nll(config.eval)
+    _require(isinstance(config.eval.elbo, bool), "eval.elbo", f"must be True or False, got {config.eval.elbo!r}")
+    _int_at_least(config, "eval.elbo_draws", 1)
+    if config.eval.elbo:
+        _require(d.family != "naive", "eval.elbo", "naive diffusion has no likelihood bound")
     _require(config.eval.fid_image_size >= 75, "eval.fid_image_size", "Inception-v3 needs at least 75 (299 for FID)")
     _require(config.eval.fid_batch_size > 0, "eval.fid_batch_size", "must be positive")
     _require(config.eval.fid_reference_examples >= 0, "eval.fid_reference_examples", "must be non-negative")
+
+
+def _validate_family(config: ml_collections.ConfigDict) -> None:
+    """The model family's keys: those of a continuous or naive model (the chain's are checked by
+    ``validate`` for every family, as they keep their defaults)."""
+    d = config.diffusion
+    _one_of(config, "diffusion.family", FAMILIES)
+    _one_of(config, "diffusion.process", PROCESS_NAMES)
+    _one_of(config, "diffusion.prediction", PREDICTIONS)
+    _one_of(config, "diffusion.weighting", tuple(CONTINUOUS_WEIGHTINGS))
+    _one_of(config, "diffusion.noise_sampler", NOISE_SAMPLERS)
+    _one_of(config, "diffusion.gamma_schedule", GAMMA_SCHEDULES)
+    for key in ("gamma_0", "gamma_1", "sigma_data", "p_mean", "p_std"):
+        value = d[key]
+        _require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+                 f"diffusion.{key}", f"must be a finite number, got {value!r}")
+    _require(d.gamma_0 < d.gamma_1, "diffusion.gamma_0", f"gamma_0 ({d.gamma_0}) must be below gamma_1 ({d.gamma_1})")
+    _require(d.sigma_data > 0, "diffusion.sigma_data", "must be positive")
+    _require(d.p_std > 0, "diffusion.p_std", "must be positive")
+    _int_at_least(config, "diffusion.schedule_hidden", 1)
+    _int_at_least(config, "diffusion.naive_levels", 1)
+    for key in ("learn_endpoints", "variance_gradient"):
+        _require(isinstance(d[key], bool), f"diffusion.{key}", f"must be True or False, got {d[key]!r}")
+    if d.family == "continuous":
+        if d.noise_sampler == "log_normal":
+            _require(d.process == "edm", "diffusion.noise_sampler",
+                     f"log_normal draws EDM's sigma and needs process 'edm', not {d.process!r}")
+        if d.weighting == "v_mse":
+            _require(d.process != "edm", "diffusion.weighting", "v_mse is defined for variance-preserving processes")
+        _require(d.var_type in ("fixed_small", "fixed_large"), "diffusion.var_type",
+                 "a continuous-time model predicts no variance (learned variances are the discrete chain's)")
+    if d.family != "discrete":
+        _require(not config.eval.nll_chain, "eval.nll_chain",
+                 "the discrete T-step bound applies to the discrete family only")
 
 
 def _validate_ode_nll(e: ml_collections.ConfigDict) -> None:

@@ -37,7 +37,9 @@ class Recipe:
     Attributes:
       model: the Flax denoiser network (``model.apply({"params": p}, x, t, labels, train=)``).
       input_shape: one example's shape, (H, W, C) or (D,).
-      diffusion: schedule, spec, objective, timestep sampler.
+      diffusion: the discrete chain's ``Diffusion`` (schedule, spec, objective, timestep
+        sampler), a ``diffusion.continuous.ContinuousDiffusion`` or a
+        ``diffusion.naive.NaiveDiffusion``.
       rescale_timesteps: feed the network t * 1000 / T (improved DDPM).
       num_classes: > 0 for a class-conditional model (label num_classes = null class).
       class_dropout: probability of replacing a label by the null class in training.
@@ -50,7 +52,7 @@ class Recipe:
 
     model: nn.Module
     input_shape: tuple[int, ...]
-    diffusion: Diffusion
+    diffusion: Any  # Diffusion | ContinuousDiffusion | NaiveDiffusion
     rescale_timesteps: bool
     train_batches: Callable[[int], Iterator[dict[str, np.ndarray]]]
     save_samples: Callable[[np.ndarray, str], None]

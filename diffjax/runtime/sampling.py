@@ -1,6 +1,7 @@
 """Generating samples from a trained model, sharded over the devices: the discrete chain
 (DDPM ancestral / DDIM on a respaced schedule) or any continuous-time solver of
-``diffusion.solvers`` over a time grid.
+``diffusion.solvers`` over a time grid (of a discrete model's continuous view or of a
+continuous-time model's process), or naive diffusion's iterative sampler.
 
 A ``SamplerChoice`` says how samples are drawn; ``make_sampler`` compiles it. What a
 compiled sampler is specialised on (changing it recompiles): the solver and its static
@@ -27,13 +28,15 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from diffjax.diffusion import solvers, time_grids
-from diffjax.diffusion.processes import discrete_process
+from diffjax.diffusion.continuous import ContinuousDiffusion
+from diffjax.diffusion.naive import NaiveDiffusion
+from diffjax.diffusion.processes import NoiseProcess, discrete_process
 from diffjax.diffusion.samplers import classifier_free_guidance, sample
 from diffjax.diffusion.schedules import Schedule, respace
 from diffjax.models.denoiser import make_denoise_fn
 from diffjax.runtime.mesh import data_sharding, replicated_sharding
 
-__all__ = ["GRID_NAMES", "SOLVER_OPTION_DEFAULTS", "SamplerChoice", "make_sampler", "solver_grid"]
+__all__ = ["GRID_NAMES", "SOLVER_OPTION_DEFAULTS", "SamplerChoice", "make_sampler", "model_family", "solver_grid"]
 
 SOLVER_OPTION_DEFAULTS = {
     "eta": 1.0, "s_churn": 0.0, "s_tmin": 0.0, "s_tmax": math.inf, "s_noise": 1.0, "snr": 0.16,
@@ -106,8 +109,22 @@ class SamplerChoice:
             return dataclasses.replace(choice, solver=match.group(1), steps=match.group(2), grid=grid)
         return dataclasses.replace(choice, solver="", steps=entry)
 
-    def check(self, num_timesteps: int) -> None:
-        """Raise ``ValueError`` naming what is wrong for a model trained on T = ``num_timesteps``."""
+    def check(self, num_timesteps: int | None, family: str = "discrete") -> None:
+        """Raise ``ValueError`` naming what is wrong for a model of ``family`` ("discrete":
+        trained on T = ``num_timesteps``; "continuous"; "naive")."""
+        if family == "naive":
+            if self.solver:
+                raise ValueError(f"naive diffusion has its own iterative sampler, not the solver {self.solver!r}: "
+                                 "set sample.solver='' and steps to the number of levels visited ('' for all)")
+            if self.steps and not self.steps.isdigit():
+                raise ValueError(f"naive diffusion takes steps = a number of levels or '', got {self.steps!r}")
+            return
+        if family == "continuous" and not self.solver:
+            raise ValueError("a continuous-time model is sampled by a solver (sample.solver, or SOLVER:K entries "
+                             f"in eval.sample_steps), not by the discrete chain ({self.label!r})")
+        if family == "continuous" and self.grid.startswith(DISCRETE_GRID_PREFIX):
+            raise ValueError(f"the grid {self.grid!r} strides a discrete chain; a continuous-time model takes "
+                             f"one of {sorted(time_grids.GRIDS)}")
         if not self.solver:
             if self.method not in ("ddpm", "ddim"):
                 raise ValueError(f"unknown sampling method {self.method!r}; expected 'ddpm' or 'ddim'")
@@ -138,16 +155,22 @@ class SamplerChoice:
         """"dpmpp_2m:10:uniform_log_snr" or the chain's respacing ("ddim50", "100", "full")."""
         return f"{self.solver}:{self.steps}:{self.grid}" if self.solver else (self.steps or "full")
 
-    def num_steps(self, schedule: Schedule) -> int:
-        """Steps taken: K for a solver, the respaced chain's length otherwise."""
-        return int(self.steps) if self.solver else respace(schedule, self.steps)[0].num_timesteps
+    def num_steps(self, model) -> int:
+        """Steps taken: K for a solver, the respaced chain's length for a discrete model (its
+        ``Schedule`` or its ``Diffusion``), the levels visited for naive diffusion."""
+        if self.solver:
+            return int(self.steps)
+        if isinstance(model, NaiveDiffusion):
+            return int(self.steps) if self.steps else model.num_levels
+        schedule = model if isinstance(model, Schedule) else model.schedule
+        return respace(schedule, self.steps)[0].num_timesteps
 
-    def nfe(self, schedule: Schedule) -> int:
+    def nfe(self, model) -> int:
         """Network evaluations per sample (a guided model's two passes count once, as in the
         papers): K x the solver's NFE per step + 1 (the final denoising to x_0), or the
         chain's length."""
         if not self.solver:
-            return self.num_steps(schedule)
+            return self.num_steps(model)
         return solvers.NFE_PER_STEP[self.solver] * int(self.steps) + 1
 
     def settings(self) -> dict[str, Any]:
@@ -169,12 +192,26 @@ def _accepted_options(solver: str, options: Mapping[str, float]) -> dict[str, fl
     return {k: v for k, v in options.items() if k in parameters and k not in bound}
 
 
-def solver_grid(choice: SamplerChoice, schedule: Schedule) -> jax.Array:
-    """The time grid [K + 1] of a solver choice for a model trained on ``schedule``."""
-    process = discrete_process(schedule)
+def model_family(diffusion) -> str:
+    """"discrete" (a ``runtime.recipe.Diffusion``: a chain), "continuous"
+    (``diffusion.continuous.ContinuousDiffusion``) or "naive" (``diffusion.naive.NaiveDiffusion``)."""
+    if isinstance(diffusion, ContinuousDiffusion):
+        return "continuous"
+    if isinstance(diffusion, NaiveDiffusion):
+        return "naive"
+    return "discrete"
+
+
+def solver_grid(choice: SamplerChoice, model: Schedule | NoiseProcess) -> jax.Array:
+    """The time grid [K + 1] of a solver choice for a model trained on a discrete ``Schedule``,
+    or on a continuous ``NoiseProcess``."""
     num_steps = int(choice.steps)
-    if choice.grid.startswith(DISCRETE_GRID_PREFIX):
-        return time_grids.discrete_grid(schedule.num_timesteps, num_steps, choice.grid[len(DISCRETE_GRID_PREFIX):])
+    if isinstance(model, NoiseProcess):
+        process = model
+    else:
+        schedule, process = model, discrete_process(model)
+        if choice.grid.startswith(DISCRETE_GRID_PREFIX):
+            return time_grids.discrete_grid(schedule.num_timesteps, num_steps, choice.grid[len(DISCRETE_GRID_PREFIX):])
     if choice.grid == "karras":
         return time_grids.karras(process, num_steps, rho=choice.rho)
     return time_grids.GRIDS[choice.grid](process, num_steps)
@@ -193,20 +230,33 @@ def make_sampler(recipe, mesh: Mesh, *, num_samples: int, choice: SamplerChoice)
     ``data`` (N is rounded up to a multiple of the device count and cut back).
     Class-conditional models get ``labels`` (int32 [N]; default 0, 1, 2, ... cycling).
 
+    The model family (``model_family(recipe.diffusion)``) decides what is allowed: a discrete
+    model takes the chain or a solver; a continuous one (``ContinuousDiffusion``) only a solver,
+    on its own process (``make_process(params)``; a learned VDM schedule's grid is made per call
+    from the given params, so EMA params use the EMA schedule) and a continuous grid; naive
+    diffusion its own iterative sampler from uniform noise (``choice.solver == ""``,
+    ``choice.steps`` the number of levels visited, "" for all of them).
+
     Args:
       recipe: the experiment's ``Recipe``.
       mesh: the data mesh.
       num_samples: N.
       choice: how to sample (``SamplerChoice.from_settings(config.sample)``).
     """
-    schedule = recipe.diffusion.schedule
-    choice.check(schedule.num_timesteps)
+    diffusion = recipe.diffusion
+    family = model_family(diffusion)
+    choice.check(diffusion.schedule.num_timesteps if family == "discrete" else None, family=family)
     devices = mesh.devices.size
     padded = -(-num_samples // devices) * devices
     shape = (padded, *recipe.input_shape)
-    denoise = make_denoise_fn(
-        recipe.model, num_timesteps=schedule.original_num_timesteps, rescale_timesteps=recipe.rescale_timesteps
-    )
+    if family == "discrete":
+        schedule = diffusion.schedule
+        denoise = make_denoise_fn(
+            recipe.model, num_timesteps=schedule.original_num_timesteps, rescale_timesteps=recipe.rescale_timesteps
+        )
+    else:
+        def denoise(params, x, c_noise, cond):
+            return recipe.model.apply({"params": params}, x, c_noise, cond)
     guided = recipe.num_classes > 0 and choice.guidance_weight != 0
     null = jnp.full((padded,), recipe.num_classes, jnp.int32)
 
@@ -214,18 +264,50 @@ def make_sampler(recipe, mesh: Mesh, *, num_samples: int, choice: SamplerChoice)
         """The denoiser, guided with the traced weight w when guidance was asked for."""
         return classifier_free_guidance(denoise, guidance_weight, null) if guided else denoise
 
-    if choice.solver:
+    def finish(denoise_x0):
+        if choice.dynamic_threshold > 0:
+            return solvers.dynamic_threshold(denoise_x0, choice.dynamic_threshold)
+        return solvers.clip_x0(denoise_x0) if choice.clip_denoised else denoise_x0
+
+    grid_of_params = None
+    if family == "naive":
+        num_steps = choice.num_steps(diffusion)
+
+        def draw(params, key, labels, guidance_weight, x_T):
+            def predict(x, network_time):
+                return network(guidance_weight)(params, x, network_time, labels)
+
+            return diffusion.sample(predict, x_T, num_steps)
+
+        arguments = ()
+    elif family == "continuous":
+        options = _accepted_options(choice.solver, dict(choice.solver_options))
+
+        def draw(params, key, labels, guidance_weight, x_T, grid, options):
+            process = diffusion.make_process(params)
+
+            def denoise_x0(x, t):
+                t_batch = jnp.full((x.shape[0],), t, dtype=jnp.asarray(t).dtype)
+                return diffusion.predict_x0(network(guidance_weight), params, process, x, t_batch, labels)
+
+            step = functools.partial(solvers.SOLVERS[choice.solver], **options)
+            return solvers.solve(step, process, finish(denoise_x0), x_T, grid, key=jax.random.fold_in(key, 1),
+                                 denoise_to_zero=True)
+
+        if diffusion.learned_schedule:  # the grid depends on the (EMA) schedule: made per call from params
+            grid_of_params = jax.jit(lambda params: solver_grid(choice, diffusion.make_process(params)))
+            grid = jnp.zeros((int(choice.steps) + 1,), jnp.float32)
+        else:
+            grid = solver_grid(choice, diffusion.make_process())
+        arguments = (grid, {k: jnp.float32(v) for k, v in options.items()})
+    elif choice.solver:
         process = discrete_process(schedule)
         options = _accepted_options(choice.solver, dict(choice.solver_options))
 
         def draw(params, key, labels, guidance_weight, x_T, grid, options):
-            denoise_x0 = solvers.x0_predictor(network(guidance_weight), params, recipe.diffusion.spec, process, labels)
-            if choice.dynamic_threshold > 0:
-                denoise_x0 = solvers.dynamic_threshold(denoise_x0, choice.dynamic_threshold)
-            elif choice.clip_denoised:
-                denoise_x0 = solvers.clip_x0(denoise_x0)
+            denoise_x0 = solvers.x0_predictor(network(guidance_weight), params, diffusion.spec, process, labels)
             step = functools.partial(solvers.SOLVERS[choice.solver], **options)
-            return solvers.solve(step, process, denoise_x0, x_T, grid, key=jax.random.fold_in(key, 1),
+            return solvers.solve(step, process, finish(denoise_x0), x_T, grid, key=jax.random.fold_in(key, 1),
                                  denoise_to_zero=True)
 
         arguments = (solver_grid(choice, schedule), {k: jnp.float32(v) for k, v in options.items()})
@@ -234,7 +316,7 @@ def make_sampler(recipe, mesh: Mesh, *, num_samples: int, choice: SamplerChoice)
 
         def draw(params, key, labels, guidance_weight, x_T, eta):
             return sample(
-                network(guidance_weight), params, chain, recipe.diffusion.spec, jax.random.fold_in(key, 1), shape,
+                network(guidance_weight), params, chain, diffusion.spec, jax.random.fold_in(key, 1), shape,
                 labels, method=choice.method, eta=eta, clip_denoised=choice.clip_denoised, x_T=x_T,
             )
 
@@ -242,8 +324,11 @@ def make_sampler(recipe, mesh: Mesh, *, num_samples: int, choice: SamplerChoice)
 
     compiled = jax.jit(draw, out_shardings=data_sharding(mesh))
     replicated = replicated_sharding(mesh)
-    noise = jax.jit(lambda key: jax.random.normal(key, shape, jnp.float32), out_shardings=data_sharding(mesh))
-    traced_names = ("grid", "solver_options") if choice.solver else ("eta",)
+    if family == "naive":
+        noise = jax.jit(lambda key: diffusion.prior_sample(key, shape), out_shardings=data_sharding(mesh))
+    else:
+        noise = jax.jit(lambda key: jax.random.normal(key, shape, jnp.float32), out_shardings=data_sharding(mesh))
+    traced_names = () if family == "naive" else ("grid", "solver_options") if choice.solver else ("eta",)
 
     def run(params, key, labels=None, *, x_T=None, guidance_weight=None, **traced):
         """Samples [N, *input_shape] of ``params`` from ``key`` (x_T ~ N(0, I) drawn from it,
@@ -255,6 +340,8 @@ def make_sampler(recipe, mesh: Mesh, *, num_samples: int, choice: SamplerChoice)
         if unknown:
             raise TypeError(f"unknown traced settings {sorted(unknown)}; this sampler takes {traced_names}")
         values = dict(zip(traced_names, arguments))
+        if grid_of_params is not None:
+            values["grid"] = grid_of_params(params)
         if "grid" in traced:
             values["grid"] = jnp.asarray(traced["grid"], jnp.float32)
             if values["grid"].shape != arguments[0].shape:

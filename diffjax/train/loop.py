@@ -37,7 +37,8 @@ def make_init_fn(recipe: Recipe, optimizer: optax.GradientTransformation):
 
     def init(rng):
         params = init_params(recipe.model, jax.random.fold_in(rng, 0), recipe.input_shape)
-        return init_train_state(params, optimizer, recipe.diffusion.timestep_sampler.init(), rng)
+        sampler = getattr(recipe.diffusion, "timestep_sampler", None)  # the discrete chain's t sampler
+        return init_train_state(params, optimizer, () if sampler is None else sampler.init(), rng)
 
     return init
 

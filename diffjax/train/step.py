@@ -9,8 +9,10 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from diffjax.diffusion.continuous import ContinuousDiffusion
 from diffjax.diffusion.gaussian import q_sample
 from diffjax.diffusion.losses import training_losses
+from diffjax.diffusion.naive import NaiveDiffusion
 from diffjax.models.denoiser import make_denoise_fn
 from diffjax.runtime.mesh import data_sharding, replicated_sharding
 from diffjax.runtime.recipe import Recipe
@@ -46,34 +48,47 @@ def train_step(
       (new state, metrics of scalars: loss, grad_norm, finite, and mse, vb where defined).
     """
     diffusion = recipe.diffusion
-    schedule = diffusion.schedule
     x0 = batch["image"]
     batch_size = x0.shape[0]
     key = jax.random.fold_in(state.rng, state.step)
     key_t, key_noise, key_dropout, key_label = jax.random.split(key, 4)
 
-    t, weights = diffusion.timestep_sampler.sample(state.sampler_state, key_t, batch_size)
-    noise = jax.random.normal(key_noise, x0.shape, x0.dtype)
-    x_t = q_sample(schedule, x0, t, noise)
     cond = None
     if recipe.num_classes > 0:
         drop = jax.random.bernoulli(key_label, recipe.class_dropout, (batch_size,))
         cond = jnp.where(drop, recipe.num_classes, batch["label"]).astype(jnp.int32)
 
-    denoise = make_denoise_fn(
-        recipe.model,
-        num_timesteps=schedule.original_num_timesteps,
-        rescale_timesteps=recipe.rescale_timesteps,
-        train=True,
-        dropout_key=key_dropout,
-    )
+    if isinstance(diffusion, (ContinuousDiffusion, NaiveDiffusion)):
+        def network(params, x, c_noise, labels):
+            rngs = {"dropout": key_dropout}
+            return recipe.model.apply({"params": params}, x, c_noise, labels, train=True, rngs=rngs)
 
-    def loss_fn(params):
-        output = denoise(params, x_t, schedule.timestep_map[t], cond)
-        terms = training_losses(diffusion.spec, diffusion.objective, schedule, output, x0, x_t, t, noise)
-        return jnp.mean(weights * terms["loss"]), terms
+        def loss_fn(params):
+            terms = diffusion.losses(network, params, x0, key_t, cond)
+            return jnp.mean(terms["loss"]), terms
 
-    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        sampler_state = state.sampler_state
+        (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    else:
+        schedule = diffusion.schedule
+        t, weights = diffusion.timestep_sampler.sample(state.sampler_state, key_t, batch_size)
+        noise = jax.random.normal(key_noise, x0.shape, x0.dtype)
+        x_t = q_sample(schedule, x0, t, noise)
+        denoise = make_denoise_fn(
+            recipe.model,
+            num_timesteps=schedule.original_num_timesteps,
+            rescale_timesteps=recipe.rescale_timesteps,
+            train=True,
+            dropout_key=key_dropout,
+        )
+
+        def loss_fn(params):
+            output = denoise(params, x_t, schedule.timestep_map[t], cond)
+            terms = training_losses(diffusion.spec, diffusion.objective, schedule, output, x0, x_t, t, noise)
+            return jnp.mean(weights * terms["loss"]), terms
+
+        (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        sampler_state = diffusion.timestep_sampler.update(state.sampler_state, t, terms["loss"])
     grad_norm = optax.global_norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -82,7 +97,7 @@ def train_step(
         params=params,
         ema_params=ema_update(state.ema_params, params, ema_decay),
         opt_state=opt_state,
-        sampler_state=diffusion.timestep_sampler.update(state.sampler_state, t, terms["loss"]),
+        sampler_state=sampler_state,
     )
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
@@ -91,7 +106,7 @@ def train_step(
         "grad_norm": grad_norm,
         "finite": finite.astype(jnp.float32),
     }
-    for name in ("mse", "vb"):
+    for name in ("mse", "vb", "diffusion", "prior", "reconstruction"):
         if name in terms:
             metrics[name] = jnp.mean(terms[name])
     return new_state, metrics
