@@ -120,7 +120,7 @@ def test_set_model_writes_every_key_and_keeps_the_run_keys():
     config.model.dtype = "bfloat16"
     set_model(config, "toy2d", hidden=64)
     assert set(config.model) == {"arch", "hidden", "num_blocks", "sinusoid_dim", "dropout", "dtype",
-                                 "rescale_timesteps", "class_dropout"}
+                                 "rescale_timesteps", "class_dropout", "fourier_features"}
     assert config.model.arch == "mlp" and config.model.hidden == 64 and config.model.num_blocks == 3
     assert config.model.rescale_timesteps is True and config.model.dtype == "bfloat16"
     set_model(config, "iddpm_cifar10")
@@ -307,3 +307,16 @@ def test_missing_dataset_fails_at_once_with_what_to_do(tmp_path):
     assert "cifar10" in result.stderr
     assert not (tmp_path / "run").exists()
     assert time.time() - start < 60  # tfds would retry a download for ~205 s
+
+
+def test_fourier_features_widen_the_first_convolution():
+    """VDM's input features: [x, sin, cos at n = 7, 8] gives the digits UNet's conv_in 5 input
+    channels instead of 1, i.e. 3 x 3 x 4 x 32 more weights."""
+    experiment = load_experiment("digits_vdm")
+    config = experiment.get_config("fixed")
+    config.model.fourier_features = True
+    validate(config)
+    recipe = build_recipe(experiment, config)
+    params = models.abstract_params(recipe.model, recipe.input_shape)
+    assert models.count_params(params) == 701_345 + 3 * 3 * 4 * 32
+    assert params["network"]["conv_in"]["kernel"].shape == (3, 3, 5, 32)

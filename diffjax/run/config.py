@@ -32,7 +32,7 @@ from diffjax.runtime.xla_cpu import check_fusions
 __all__ = ["MODEL_COMMON_KEYS", "UNSET", "ConfigError", "base_config", "network_hyperparameters", "set_model", "validate"]
 
 # config.model keys of every network besides its hyperparameters, with their defaults.
-MODEL_COMMON_KEYS = {"dtype": "float32", "rescale_timesteps": False, "class_dropout": 0.1}
+MODEL_COMMON_KEYS = {"dtype": "float32", "rescale_timesteps": False, "class_dropout": 0.1, "fourier_features": False}
 # An optional integer hyperparameter that is not set (the network's None): config fields need a
 # fixed type for --config overrides, and improved DDPM's code uses -1 for num_head_channels too.
 UNSET = -1
@@ -109,6 +109,7 @@ def base_config() -> ml_collections.ConfigDict:
     # downsample_padding ("same" or "symmetric"), norm_groups, norm_eps.
     # MLP keys: hidden, num_blocks, sinusoid_dim, dropout.
     # Every network also has: dtype ("bfloat16": bf16 compute, float32 params),
+    # fourier_features (VDM's input features sin/cos(2^n pi x), n = 7, 8: models/fourier.py),
     # rescale_timesteps (improved DDPM feeds t * 1000 / T) and class_dropout (p_uncond of
     # classifier-free guidance, when conditional).
     set_model(config, "ddpm_cifar10")
@@ -379,6 +380,8 @@ def _validate_model(config: ml_collections.ConfigDict) -> None:
         )
     _one_of(config, "model.dtype", ("float32", "bfloat16"))
     _require(0.0 <= m.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {m.dropout!r}")
+    _require(isinstance(m.fourier_features, bool), "model.fourier_features",
+             f"must be True or False, got {m.fourier_features!r}")
     _require(0.0 <= m.class_dropout < 1.0, "model.class_dropout", f"must be in [0, 1), got {m.class_dropout!r}")
     toy = config.data.name in TOY_NAMES
     if m.arch == "mlp":

@@ -20,6 +20,7 @@ from diffjax.diffusion.parameterization import DiffusionSpec
 from diffjax.diffusion.schedules import named_schedule
 from diffjax.diffusion.timesteps import make_timestep_sampler
 from diffjax.models.configs import make_network
+from diffjax.models.fourier import FourierInput
 from diffjax.models.noise_schedule import LinearSchedule, MonotoneSchedule
 from diffjax.models.scheduled import ScheduledDenoiser
 from diffjax.run.config import network_hyperparameters
@@ -134,8 +135,9 @@ def network_from_config(config: ml_collections.ConfigDict) -> nn.Module:
     """The network of ``config.model``: the class ``config.model.arch`` names, built from the
     section's hyperparameters, its dtype, ``num_classes`` from ``config.data`` and the output
     width the data and the diffusion imply (C, or 2C when ``config.diffusion.var_type`` is
-    learned or learned_range for the discrete chain). A learned VDM schedule is held with the
-    network in a ``ScheduledDenoiser`` (params ``network`` and ``schedule``)."""
+    learned or learned_range for the discrete chain). ``config.model.fourier_features`` wraps it
+    in ``FourierInput``; a learned VDM schedule is held with the network in a
+    ``ScheduledDenoiser`` (params ``network`` and ``schedule``)."""
     spec = DiffusionSpec(config.diffusion.mean_type, config.diffusion.var_type)
     channels = config.data.channels
     network = make_network(
@@ -145,6 +147,8 @@ def network_from_config(config: ml_collections.ConfigDict) -> nn.Module:
         dtype=jnp.dtype(config.model.dtype),
         **network_hyperparameters(config.model),
     )
+    if config.model.fourier_features:
+        network = FourierInput(network=network)
     schedule = schedule_module(config.diffusion)
     return network if schedule is None else ScheduledDenoiser(network=network, schedule=schedule)
 
