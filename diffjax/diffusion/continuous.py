@@ -308,7 +308,7 @@ class ContinuousDiffusion:
             else:
                 gamma_t, dgamma_dt = values
             z_t = vdm.diffuse(x0, gamma_t, eps)
-            eps_hat = self._eps_from_network(network, net_params, z_t, gamma_t, cond)
+            eps_hat = self.eps_prediction(network, net_params, z_t, gamma_t, cond)
             return vdm.continuous_diffusion_loss(eps, eps_hat, dgamma_dt)
 
         loss_fn = diffusion_loss
@@ -326,9 +326,11 @@ class ContinuousDiffusion:
         total = diffusion + prior + reconstruction
         return dict(loss=total, diffusion=diffusion, prior=prior, reconstruction=reconstruction, log_snr=-gamma_t)
 
-    def _eps_from_network(self, network: Network, net_params: Any, z_t: jax.Array, gamma_t: jax.Array, cond: Any
-                          ) -> jax.Array:
-        """eps_hat at z_t on the VP process with gamma_t [B], for any ``prediction``."""
+    def eps_prediction(self, network: Network, net_params: Any, z_t: jax.Array, gamma_t: jax.Array, cond: Any = None
+                       ) -> jax.Array:
+        """eps_hat [B, ...] at z_t [B, ...] on the VP process with gamma_t [B] (VDM's variables), for
+        any ``prediction``; the network is conditioned on lambda = -gamma_t only, whatever the
+        schedule, so any schedule may be evaluated with one network (``scripts/loss_variance.py``)."""
         log_snr = -gamma_t
         log_alpha = expand_to_rank(-0.5 * jax.nn.softplus(gamma_t), z_t.ndim)
         log_sigma = expand_to_rank(-0.5 * jax.nn.softplus(-gamma_t), z_t.ndim)
