@@ -96,9 +96,33 @@ def main(argv=None):
         line = {"schedule": name, "examples": int(x.shape[0]), "draws": args.draws, **_summary(values.astype(np.float64))}
         lines.append(line)
         print(json.dumps(line), flush=True)
-    os.makedirs(os.path.join(args.workdir, "eval"), exist_ok=True)
-    with open(os.path.join(args.workdir, "eval", "loss_variance.jsonl"), "w") as f:
+    eval_dir = os.path.join(args.workdir, "eval")
+    os.makedirs(eval_dir, exist_ok=True)
+    with open(os.path.join(eval_dir, "loss_variance.jsonl"), "w") as f:
         f.writelines(json.dumps(line) + "\n" for line in lines)
+    _plot_schedules(schedules, os.path.join(eval_dir, "schedule.png"))
+
+
+def _plot_schedules(schedules: dict, path: str) -> None:
+    """gamma(t) of each schedule and gamma'(t) (the loss's weight on t), side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = jnp.linspace(0.0, 1.0, 201)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for name, gamma_fn in schedules.items():
+        gamma, dgamma = vdm.gamma_and_derivative(gamma_fn, t)
+        left.plot(t, gamma, label=name)
+        right.plot(t, dgamma, label=name)
+    left.set(xlabel="t", ylabel="gamma(t) = -log SNR")
+    right.set(xlabel="t", ylabel="gamma'(t)", yscale="log")
+    left.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
