@@ -77,7 +77,6 @@ def main(argv=None):
             rows = [json.loads(line) for line in f if line.strip()]
     done = {row["entry"] for row in rows}
     key = jax.random.PRNGKey(args.seed)
-    schedule = recipe.diffusion.schedule
     for entry in args.entries.split():
         if entry in done:
             continue
@@ -85,7 +84,7 @@ def main(argv=None):
         started = time.perf_counter()
         samples = make_sampler(recipe, mesh, num_samples=args.num_samples, choice=choice)(params, key)
         seconds = time.perf_counter() - started
-        row = {"entry": entry, **quality_row(choice, schedule, scorer.score(samples), seconds), "seed": args.seed}
+        row = {"entry": entry, **quality_row(choice, recipe.diffusion, scorer.score(samples), seconds), "seed": args.seed}
         rows.append(row)
         done.add(entry)  # an entry listed twice runs once
         with open(path, "a") as f:
@@ -94,7 +93,8 @@ def main(argv=None):
             recipe.save_samples(samples[:100], os.path.join(eval_dir, f"sweep_{entry.replace(':', '_')}.png"))
         print(f"{entry:28s} NFE {row['nfe']:5d}  {scorer.headline} {row[scorer.headline]:8.3f}  ({seconds:.0f} s)",
               flush=True)
-        record = quality_record(int(state.step), params_name, scorer, config.sample, args.num_samples, schedule, rows)
+        record = quality_record(int(state.step), params_name, scorer, config.sample, args.num_samples, recipe.diffusion,
+                                rows)
         with open(os.path.join(eval_dir, "sample_quality.json"), "w") as f:
             json.dump(record, f, indent=2)
 

@@ -3,10 +3,11 @@
 For 8-bit images in [-1, 1] (the evaluation batches of ``nll``: pixels k / 127.5 - 1), each
 batch's integer pixels k are recovered exactly (data off the 8-bit grid is refused),
 dequantised with a fresh uniform draw (``ode_likelihood.dequantize``, "centred" cells) and
-scored by ``ode_likelihood.bits_per_dim``: the recipe's denoiser read as a data prediction
-(``solvers.x0_predictor``, fractional model steps) on ``discrete_process`` of its trained
-chain, an adaptive Tsit5 solve from t_min up to t_max, Hutchinson's divergence with
-Rademacher probes. The mean over examples is an upper bound on the discrete NLL in
+scored by ``ode_likelihood.bits_per_dim``: the recipe's denoiser read as a data prediction on
+its noise process (``runtime.model_view.denoiser_view``: a discrete chain on its continuous view
+``discrete_process``, fractional model steps; a continuous-time model on its own process, a
+learned schedule read from the params), an adaptive Tsit5 solve from t_min up to t_max,
+Hutchinson's divergence with Rademacher probes. The mean over examples is an upper bound on the discrete NLL in
 expectation over the dequantisation noise (Jensen); a single draw can fall below it.
 
 Batch j (counted over the batches of the call) uses the key ``fold_in(PRNGKey(seed), j)``
@@ -31,19 +32,20 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from diffjax.diffusion.ode_likelihood import bits_per_dim
-from diffjax.diffusion.processes import discrete_process
-from diffjax.diffusion.solvers.core import x0_predictor
 from diffjax.evaluation.nll import _pad_rows
-from diffjax.models.denoiser import make_denoise_fn
 from diffjax.runtime.mesh import global_batch, make_mesh, replicated_sharding
+from diffjax.runtime.model_view import denoiser_view, gaussian_family
 
 __all__ = [
     "ODEBoundEvaluator",
     "ODENLLResult",
     "first_examples",
+    "mean_and_stderr",
     "ode_nll_of_params",
+    "pixel_batches",
     "pixels_of",
     "write_ode_nll_json",
+    "write_result_json",
 ]
 
 SOLVER = "tsit5"
@@ -88,6 +90,50 @@ def first_examples(batches: Iterable[dict[str, np.ndarray]], num_examples: int) 
         keep = mask & (np.cumsum(mask) <= left)
         left -= int(keep.sum())
         yield {**batch, "mask": keep}
+
+
+def pixel_batches(mesh: Mesh, batches: Iterable[dict[str, np.ndarray]], *, seed: int = 0, progress: bool = False,
+                  desc: str = "ode nll") -> Iterator[tuple[int, dict[str, jax.Array], jax.Array]]:
+    """The 8-bit evaluation batches of a likelihood evaluator, sharded over ``mesh``.
+
+    Yields ``(j, inputs, key)`` for the j-th host batch: ``inputs`` the global arrays
+    {"pixels": int32 [B, ...] (``pixels_of`` the images; padding rows mid-grey, whatever they
+    held), "label": int32 [B], "mask": bool [B]} (the host batch padded with masked rows to a
+    multiple of the local devices) and ``key`` = ``fold_in(PRNGKey(seed), j)``, replicated.
+
+    Raises:
+      ValueError: a real row is off the 8-bit grid.
+    """
+    root_key = jax.random.PRNGKey(seed)
+    local_devices = len(mesh.local_devices)
+    iterator = batches
+    if progress:
+        iterator = tqdm(batches, total=len(batches) if hasattr(batches, "__len__") else None, unit="batch", desc=desc)
+    for number, batch in enumerate(iterator):
+        mask = np.asarray(batch["mask"], bool)
+        images = np.asarray(batch["image"])
+        pixels = np.full(images.shape, 128, np.int32)  # padding rows: mid-grey, whatever they held
+        pixels[mask] = pixels_of(images[mask])
+        host_batch = _pad_rows(
+            {"pixels": pixels, "label": np.asarray(batch["label"], np.int32), "mask": mask}, local_devices
+        )
+        key = jax.device_put(jax.random.fold_in(root_key, number), replicated_sharding(mesh))
+        yield number, global_batch(mesh, host_batch), key
+
+
+def mean_and_stderr(values: Iterable[np.ndarray]) -> tuple[np.ndarray, float, float | None]:
+    """(float64 [N] the concatenated per-example values, their mean, the standard error of the mean
+    over examples: sample std / sqrt(N), None for N < 2).
+
+    Raises:
+      ValueError: no values (the batches were empty or fully masked).
+    """
+    values = [np.asarray(v, np.float64).reshape(-1) for v in values]
+    per_example = np.concatenate(values) if values else np.zeros(0)
+    if per_example.size == 0:
+        raise ValueError("no examples to evaluate: the batches are empty or fully masked")
+    stderr = float(np.std(per_example, ddof=1) / math.sqrt(per_example.size)) if per_example.size > 1 else None
+    return per_example, float(np.mean(per_example)), stderr
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +188,7 @@ class ODEBoundEvaluator:
     """The PF-ODE bound of any params over host batches, compiled once per batch shape.
 
     Args:
-      recipe: the experiment's ``Recipe`` (model, diffusion schedule and spec, classes).
+      recipe: the experiment's ``Recipe`` (a discrete or continuous model: ``runtime.model_view``).
       mesh: the data mesh (default: every device); batches are sharded over it.
       probes: Hutchinson probes per example (Rademacher).
       rtol, atol: the adaptive solver's tolerances.
@@ -157,16 +203,12 @@ class ODEBoundEvaluator:
             raise ValueError(f"rtol and atol must be positive, got rtol={rtol}, atol={atol}")
         self.mesh = mesh or make_mesh()
         self.probes, self.rtol, self.atol = int(probes), float(rtol), float(atol)
-        schedule = recipe.diffusion.schedule
-        process = discrete_process(schedule)
-        spec = recipe.diffusion.spec
-        denoise = make_denoise_fn(
-            recipe.model, num_timesteps=schedule.original_num_timesteps, rescale_timesteps=recipe.rescale_timesteps
-        )
+        gaussian_family(recipe, "the PF-ODE bound")
         conditional = recipe.num_classes > 0
 
         def per_batch(params, pixels, labels, mask, key):
-            denoise_x0 = x0_predictor(denoise, params, spec, process, labels if conditional else None)
+            # The process is built from the params here: a learned schedule is part of them.
+            process, denoise_x0 = denoiser_view(recipe, params, labels if conditional else None)
             out = bits_per_dim(
                 process, denoise_x0, pixels, key, dequantization=DEQUANTIZATION, divergence="hutchinson",
                 probe=PROBE, num_probes=self.probes, solver=SOLVER, rtol=self.rtol, atol=self.atol,
@@ -191,25 +233,9 @@ class ODEBoundEvaluator:
           ValueError: a real row is off the 8-bit grid, or no real example in the batches.
           RuntimeError: the adaptive solve of a batch failed (e.g. more than ``max_steps`` steps).
         """
-        mesh = self.mesh
-        root_key = jax.random.PRNGKey(seed)
-        local_devices = len(mesh.local_devices)
         values: list[np.ndarray] = []
         nfes: list[int] = []
-        iterator = batches
-        if progress:
-            iterator = tqdm(batches, total=len(batches) if hasattr(batches, "__len__") else None,
-                            unit="batch", desc="ode nll")
-        for number, batch in enumerate(iterator):
-            mask = np.asarray(batch["mask"], bool)
-            images = np.asarray(batch["image"])
-            pixels = np.full(images.shape, 128, np.int32)  # padding rows: mid-grey, whatever they held
-            pixels[mask] = pixels_of(images[mask])
-            host_batch = _pad_rows(
-                {"pixels": pixels, "label": np.asarray(batch["label"], np.int32), "mask": mask}, local_devices
-            )
-            key = jax.device_put(jax.random.fold_in(root_key, number), replicated_sharding(mesh))
-            inputs = global_batch(mesh, host_batch)
+        for number, inputs, key in pixel_batches(self.mesh, batches, seed=seed, progress=progress, desc="ode nll"):
             out = jax.device_get(self._per_batch(params, inputs["pixels"], inputs["label"], inputs["mask"], key))
             if not bool(out["successful"]):
                 raise RuntimeError(
@@ -218,12 +244,9 @@ class ODEBoundEvaluator:
                 )
             values.append(np.asarray(out["bpd"], np.float64)[np.asarray(out["mask"], bool)])
             nfes.append(int(out["nfe"]))
-        bpd = np.concatenate(values) if values else np.zeros(0)
-        if bpd.size == 0:
-            raise ValueError("no examples to evaluate: the batches are empty or fully masked")
-        stderr = float(np.std(bpd, ddof=1) / math.sqrt(bpd.size)) if bpd.size > 1 else None
+        bpd, mean, stderr = mean_and_stderr(values)
         return ODENLLResult(
-            bpd_per_example=bpd, bpd=float(np.mean(bpd)), bpd_stderr=stderr, nfe_mean=float(np.mean(nfes)),
+            bpd_per_example=bpd, bpd=mean, bpd_stderr=stderr, nfe_mean=float(np.mean(nfes)),
             num_batches=len(nfes), probes=self.probes, rtol=self.rtol, atol=self.atol, seed=int(seed),
         )
 
@@ -237,11 +260,17 @@ def ode_nll_of_params(
     return evaluator(params, batches, seed=seed, progress=progress)
 
 
-def write_ode_nll_json(result: ODENLLResult, path: str, **extra: Any) -> dict[str, Any]:
-    """Write ``result.to_json()`` updated with ``extra`` (``checkpoint_step``, ``params``, ...) to
-    ``path``; return the record."""
+def write_result_json(result: Any, path: str, **extra: Any) -> dict[str, Any]:
+    """Write ``result.to_json()`` (any evaluator's result) updated with ``extra`` (``checkpoint_step``,
+    ``params``, ...) to ``path``; return the record."""
     record = {**result.to_json(), **extra}
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:
         json.dump(record, f, indent=2)
     return record
+
+
+def write_ode_nll_json(result: ODENLLResult, path: str, **extra: Any) -> dict[str, Any]:
+    """Write ``result.to_json()`` updated with ``extra`` (``checkpoint_step``, ``params``, ...) to
+    ``path``; return the record."""
+    return write_result_json(result, path, **extra)

@@ -4,8 +4,9 @@
 
 Reads each run's ``config.json``, ``metrics.jsonl`` and ``eval/*.json`` (what
 ``train_and_evaluate`` and ``diffjax.run.evaluate`` write), prints a table
-(experiment, schedule, objective, variance, steps trained, NLL in bits/dim, the PF-ODE
-bound in bits/dim where any run has ``eval/ode_nll.json``, the sample
+(experiment, schedule, objective, variance, steps trained, NLL in bits/dim, the continuous
+VDM bound in bits/dim where any run has ``eval/elbo.json``, the PF-ODE bound in bits/dim where
+any run has ``eval/ode_nll.json``, the sample
 metric at each evaluated sampler (chain steps, or solver and NFE), training steps/s; the checkpoint the
 eval files come from) and writes it to
 ``--out`` with PNG plots next to it, named after the report (``report_schedules.png``,
@@ -54,6 +55,7 @@ class RunRecord:
       nll: ``eval/nll.json`` or None.
       sample_quality: ``eval/sample_quality.json`` or None.
       ode_nll: ``eval/ode_nll.json`` (the probability-flow ODE bound) or None.
+      elbo: ``eval/elbo.json`` (the continuous VDM bound) or None.
     """
 
     path: str
@@ -63,6 +65,7 @@ class RunRecord:
     nll: dict[str, Any] | None
     sample_quality: dict[str, Any] | None
     ode_nll: dict[str, Any] | None = None
+    elbo: dict[str, Any] | None = None
 
     def setting(self, group: str, key: str, default: Any = None) -> Any:
         """``config[group][key]``, or ``default`` when absent."""
@@ -105,6 +108,7 @@ def load_run(path: str, name: str | None = None) -> RunRecord:
         nll=_read_json(os.path.join(path, "eval", "nll.json")),
         sample_quality=_read_json(os.path.join(path, "eval", "sample_quality.json")),
         ode_nll=_read_json(os.path.join(path, "eval", "ode_nll.json")),
+        elbo=_read_json(os.path.join(path, "eval", "elbo.json")),
     )
 
 
@@ -162,7 +166,7 @@ def _quality_columns(runs: Sequence[RunRecord]) -> list[tuple[str, str, int, int
 
 def _eval_checkpoint(run: RunRecord) -> str | None:
     """The checkpoint step(s) the eval files were computed from."""
-    records = (run.nll, run.ode_nll, run.sample_quality)
+    records = (run.nll, run.elbo, run.ode_nll, run.sample_quality)
     steps = sorted({str(r["checkpoint_step"]) for r in records if r and "checkpoint_step" in r})
     return "/".join(steps) or None
 
@@ -190,9 +194,11 @@ def summary_table(runs: Sequence[RunRecord]) -> tuple[list[str], list[list[str]]
       (headers, rows): one row of strings per run.
     """
     quality = _quality_columns(runs)
+    elbo = any(run.elbo for run in runs)
     ode = any(run.ode_nll for run in runs)
     headers = [
         "run", "experiment", "schedule", "objective", "var_type", "steps trained", "eval checkpoint", "NLL (bits/dim)",
+        *(["NLL, continuous bound (bits/dim)"] if elbo else []),
         *(["NLL, PF-ODE (bits/dim)"] if ode else []),
         *[f"{METRIC_TITLES.get(m, m)} @{_column_name(family, nfe, steps)}" for m, family, nfe, steps in quality],
         "train steps/s",
@@ -212,6 +218,7 @@ def summary_table(runs: Sequence[RunRecord]) -> tuple[list[str], list[list[str]]
             _format(steps_trained),
             _format(_eval_checkpoint(run)),
             _nll_cell(run),
+            *([_format((run.elbo or {}).get("bpd"))] if elbo else []),
             *([_format((run.ode_nll or {}).get("bpd"))] if ode else []),
             *[_format(values.get(column)) for column in quality],
             _format(_steps_per_sec(run), 3),
@@ -397,6 +404,12 @@ def _notes(runs: Sequence[RunRecord]) -> list[str]:
                 f"NLL: {run.nll.get('bound')} bound over {run.nll.get('num_examples')} examples of "
                 f"{run.nll.get('data', '?')}:{run.nll.get('split', '?')}, {run.nll.get('params', '?')} params, "
                 f"checkpoint {run.nll.get('checkpoint_step', '?')}"
+            )
+        if run.elbo:
+            parts.append(
+                f"continuous bound: {run.elbo.get('bound')}, {_format(run.elbo.get('bpd'))} ± "
+                f"{_format(run.elbo.get('bpd_stderr'), 2)} bits/dim over {run.elbo.get('num_examples')} examples, "
+                f"{run.elbo.get('draws')} draws each"
             )
         if run.sample_quality:
             q = run.sample_quality

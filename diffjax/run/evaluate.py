@@ -1,27 +1,34 @@
-"""Evaluate a run's latest checkpoint: NLL in bits/dim and sample quality, into ``eval/*.json``.
+"""Evaluate a run's latest checkpoint: NLL bounds in bits/dim and sample quality, into ``eval/*.json``.
 
     evaluate(config, workdir, recipe)
 
-writes, under ``workdir/eval/``:
+writes, under ``workdir/eval/``, each bound that applies to the run's model family
+(``config.diffusion.family``; data sets without an evaluation split, the 2-D toys, have none):
 
-* ``nll.json``: the bound over the config's evaluation split (``config.eval.split``,
-  ``config.eval.num_examples``, ``config.eval.batch_size``) with the EMA params, total
-  and per-t terms (see ``diffjax.evaluation.nll``); ``config.eval.nll_chain`` a respacing
-  for a cheaper K-step bound, ``config.eval.nll_seed`` its noise. Data sets without an
-  evaluation split (the 2-D toys) have none.
-* ``ode_nll.json`` (when ``config.eval.ode_nll``): the probability-flow ODE bound, uniformly
-  dequantised, over the same examples (or the first ``config.eval.ode_num_examples``), with
-  ``ode_probes`` Rademacher probes, tolerances ``ode_rtol`` / ``ode_atol`` and ``ode_seed``
-  (see ``diffjax.evaluation.ode_nll``); its mean NFE per batch and the standard error over
-  examples. Skipped, like the NLL, without an evaluation split.
-* ``sample_quality.json``: for each entry of ``config.eval.sample_steps`` (default: the
+* ``nll.json`` (the discrete family): the T-step bound of the chain over the config's
+  evaluation split (``config.eval.split``, ``config.eval.num_examples``,
+  ``config.eval.batch_size``) with the EMA params, total and per-t terms (see
+  ``diffjax.evaluation.nll``); ``config.eval.nll_chain`` a respacing for a cheaper K-step
+  bound, ``config.eval.nll_seed`` its noise.
+* ``elbo.json`` (when ``config.eval.elbo``; the discrete and continuous families): the
+  continuous-time VDM bound (T = infinity) over the same examples, a discrete chain on its
+  continuous view, with ``config.eval.elbo_draws`` low-discrepancy time draws per example and
+  ``nll_seed``; its diffusion, prior and reconstruction terms with their standard errors over
+  examples (see ``diffjax.evaluation.elbo``).
+* ``ode_nll.json`` (when ``config.eval.ode_nll``; the discrete and continuous families): the
+  probability-flow ODE bound, uniformly dequantised, over the same examples (or the first
+  ``config.eval.ode_num_examples``), with ``ode_probes`` Rademacher probes, tolerances
+  ``ode_rtol`` / ``ode_atol`` and ``ode_seed`` (see ``diffjax.evaluation.ode_nll``); its mean
+  NFE per batch and the standard error over examples.
+* ``sample_quality.json`` (every family): for each entry of ``config.eval.sample_steps`` (default: the
   choice of ``config.sample``), ``config.eval.num_samples`` samples from the EMA params,
   every entry starting from the same x_T, scored by the data's metric
   (``diffjax.run.scorers``), plus ``samples_<entry>.png`` pictures of the first ones. An
   entry is a respacing of the discrete chain ("ddim25", "250": ``config.sample.method``,
   ``eta``) or a solver and its step count ("dpmpp_2m:10": ``config.sample.grid`` and the
   solver options); each row records its NFE (network evaluations per sample) and settings
-  (``runtime.sampling.SamplerChoice``).
+  (``runtime.sampling.SamplerChoice``); the record's ``timesteps`` is the chain's T (None for
+  a continuous-time or naive model).
 """
 
 from __future__ import annotations
@@ -38,13 +45,16 @@ import ml_collections
 from absl import logging
 
 from diffjax.data.errors import UnknownDatasetError
+from diffjax.diffusion.schedules import Schedule
+from diffjax.evaluation.elbo import elbo_of_params, write_elbo_json
 from diffjax.evaluation.nll import nll_of_state, write_nll_json
 from diffjax.evaluation.ode_nll import first_examples, ode_nll_of_params, write_ode_nll_json
 from diffjax.run.restore import chosen_params, restore_train_state
 from diffjax.run.scorers import sample_scorer
 from diffjax.runtime.mesh import make_mesh
+from diffjax.runtime.model_view import GAUSSIAN_FAMILIES
 from diffjax.runtime.recipe import Recipe
-from diffjax.runtime.sampling import SamplerChoice, make_sampler
+from diffjax.runtime.sampling import SamplerChoice, make_sampler, model_family
 
 __all__ = ["evaluate", "quality_record", "quality_row", "sampling_step_list"]
 
@@ -87,24 +97,34 @@ def _write_json(path: str, record: dict[str, Any]) -> None:
         json.dump(record, f, indent=2)
 
 
-def quality_row(choice: SamplerChoice, schedule, scores: dict[str, Any], seconds: float) -> dict[str, Any]:
+def quality_row(choice: SamplerChoice, model, scores: dict[str, Any], seconds: float) -> dict[str, Any]:
     """One row of ``sample_quality.json``: how the samples were drawn (steps, NFE, sampler,
-    settings), their scores, and the seconds it took."""
+    settings), their scores, and the seconds it took. ``model``: ``recipe.diffusion`` (any
+    family) or a discrete ``Schedule`` (``SamplerChoice.nfe``)."""
     return {
-        "steps": choice.steps, "num_steps": choice.num_steps(schedule), "nfe": choice.nfe(schedule),
+        "steps": choice.steps, "num_steps": choice.num_steps(model), "nfe": choice.nfe(model),
         "sampler": choice.label, "solver": choice.solver or f"chain_{choice.method}",
         **scores, "seconds": seconds, "settings": choice.settings(),
     }
 
 
-def quality_record(checkpoint_step: int, params_name: str, scorer, sample_config, num_samples: int, schedule,
+def _timesteps(model) -> int | None:
+    """T of a discrete ``Schedule`` or of a discrete model's ``recipe.diffusion``; None for the other families."""
+    if isinstance(model, Schedule):
+        return model.num_timesteps
+    return model.schedule.num_timesteps if model_family(model) == "discrete" else None
+
+
+def quality_record(checkpoint_step: int, params_name: str, scorer, sample_config, num_samples: int, model,
                    rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """``sample_quality.json``: the rows with the scorer's description and the chain's settings."""
+    """``sample_quality.json``: the rows with the scorer's description and the sampling settings;
+    ``timesteps`` is the chain's T for a discrete ``model`` (``recipe.diffusion`` or its
+    ``Schedule``), None otherwise."""
     s = sample_config
     return {
         "checkpoint_step": checkpoint_step, "kind": scorer.kind, "metric": scorer.headline, "params": params_name,
         "method": s.method, "eta": s.eta, "clip_denoised": s.clip_denoised, "guidance_weight": s.guidance_weight,
-        "num_samples": num_samples, "timesteps": schedule.num_timesteps, **scorer.info, "results": rows,
+        "num_samples": num_samples, "timesteps": _timesteps(model), **scorer.info, "results": rows,
     }
 
 
@@ -130,16 +150,18 @@ def evaluate(
       workdir: the run's folder, with ``checkpoints/``.
       recipe: ``build(config)`` of the experiment.
       step: which checkpoint (default: the latest).
-      compute_nll: compute the bound (when the recipe has an evaluation split), and the PF-ODE
-        bound too when ``config.eval.ode_nll``.
+      compute_nll: compute the bounds that apply to the model (when the recipe has an
+        evaluation split): the T-step bound of a discrete model, the continuous bound when
+        ``config.eval.elbo`` and the PF-ODE bound when ``config.eval.ode_nll`` (discrete and
+        continuous models).
       compute_samples: sample and score (when a metric exists for the data).
       use_ema: evaluate the EMA params (the papers' protocol) instead of the raw ones.
       feature_cache_dir: where the digits classifier is cached (default ``~/.cache/diffjax``).
       mesh: the data mesh (default: every device).
 
     Returns:
-      ``{"checkpoint_step": n, "nll": nll.json's record or None, "ode_nll": ode_nll.json's record
-      or None, "sample_quality": sample_quality.json's record or None}``.
+      ``{"checkpoint_step": n, "nll": nll.json's record or None, "elbo": elbo.json's record or None,
+      "ode_nll": ode_nll.json's record or None, "sample_quality": sample_quality.json's record or None}``.
 
     Raises:
       NoCheckpointError: the workdir has no checkpoint (nothing is created in it).
@@ -161,52 +183,63 @@ def evaluate(
     state = restore_train_state(config, workdir, recipe, mesh, step)
     checkpoint_step = int(state.step)
     params, params_name = chosen_params(state, use_ema)
-    result: dict[str, Any] = {"checkpoint_step": checkpoint_step, "nll": None, "ode_nll": None, "sample_quality": None}
+    result: dict[str, Any] = {
+        "checkpoint_step": checkpoint_step, "nll": None, "elbo": None, "ode_nll": None, "sample_quality": None,
+    }
+    family = model_family(recipe.diffusion)
+    bounds = compute_nll and recipe.eval_batches is not None
+    for asked, name in ((e.elbo, "eval.elbo"), (e.ode_nll, "eval.ode_nll")):
+        if bounds and asked and family not in GAUSSIAN_FAMILIES:
+            logging.warning("%s: a %s model has no likelihood bound; skipped", name, family)
+    gaussian = bounds and family in GAUSSIAN_FAMILIES
 
-    if compute_nll and recipe.eval_batches is not None:
-        started = time.perf_counter()
-        nll = nll_of_state(recipe, state, mesh, use_ema=use_ema, seed=e.nll_seed, chain=e.nll_chain, progress=is_main)
+    def record(key: str, write, bound, started: float, num_examples: int | None = None) -> None:
+        """``result[key]``: the bound's record with the run's details, written by process 0."""
         extra = {
             "checkpoint_step": checkpoint_step, "params": params_name, "data": config.data.name,
-            "split": _eval_split_name(config), "seconds": time.perf_counter() - started,
+            "split": _eval_split_name(config, num_examples), "seconds": time.perf_counter() - started,
         }
         if is_main:
-            result["nll"] = write_nll_json(nll, os.path.join(eval_dir, "nll.json"), **extra)
+            result[key] = write(bound, os.path.join(eval_dir, f"{key}.json"), **extra)
         else:
-            result["nll"] = {**nll.to_json(), **extra}
+            result[key] = {**bound.to_json(), **extra}
 
-    if compute_nll and e.ode_nll and recipe.eval_batches is not None:
+    if bounds and family == "discrete":
+        started = time.perf_counter()
+        nll = nll_of_state(recipe, state, mesh, use_ema=use_ema, seed=e.nll_seed, chain=e.nll_chain, progress=is_main)
+        record("nll", write_nll_json, nll, started)
+
+    if gaussian and e.elbo:
+        started = time.perf_counter()
+        elbo = elbo_of_params(recipe, params, mesh, recipe.eval_batches(), draws=e.elbo_draws, seed=e.nll_seed,
+                              progress=is_main)
+        record("elbo", write_elbo_json, elbo, started)
+
+    if gaussian and e.ode_nll:
         started = time.perf_counter()
         ode = ode_nll_of_params(
             recipe, params, mesh, first_examples(recipe.eval_batches(), e.ode_num_examples),
             probes=e.ode_probes, rtol=e.ode_rtol, atol=e.ode_atol, seed=e.ode_seed, progress=is_main,
         )
-        extra = {
-            "checkpoint_step": checkpoint_step, "params": params_name, "data": config.data.name,
-            "split": _eval_split_name(config, e.ode_num_examples or None), "seconds": time.perf_counter() - started,
-        }
-        if is_main:
-            result["ode_nll"] = write_ode_nll_json(ode, os.path.join(eval_dir, "ode_nll.json"), **extra)
-        else:
-            result["ode_nll"] = {**ode.to_json(), **extra}
+        record("ode_nll", write_ode_nll_json, ode, started, e.ode_num_examples or None)
 
     if scorer is not None:
         entries = sampling_step_list(e.sample_steps) if e.sample_steps else [None]
         choices = [SamplerChoice.from_settings(config.sample, entry) for entry in entries]
         key = jax.random.fold_in(jax.random.PRNGKey(config.train.seed + 2), checkpoint_step)
-        schedule = recipe.diffusion.schedule
         rows = []
         for choice in choices:
             started = time.perf_counter()
             draw = make_sampler(recipe, mesh, num_samples=e.num_samples, choice=choice)
             samples = draw(params, key)  # the same key: every choice starts from the same x_T
             seconds = time.perf_counter() - started
-            rows.append(quality_row(choice, schedule, scorer.score(samples), seconds))
+            rows.append(quality_row(choice, recipe.diffusion, scorer.score(samples), seconds))
             if is_main:
                 picture = os.path.join(eval_dir, f"samples_{choice.label.replace(':', '_')}.png")
                 recipe.save_samples(samples[:_PICTURE_SAMPLES], picture)
-        record = quality_record(checkpoint_step, params_name, scorer, config.sample, e.num_samples, schedule, rows)
+        quality = quality_record(checkpoint_step, params_name, scorer, config.sample, e.num_samples, recipe.diffusion,
+                                 rows)
         if is_main:
-            _write_json(os.path.join(eval_dir, "sample_quality.json"), record)
-        result["sample_quality"] = record
+            _write_json(os.path.join(eval_dir, "sample_quality.json"), quality)
+        result["sample_quality"] = quality
     return result
