@@ -32,10 +32,11 @@ import pytest
 from scipy.integrate import simpson
 from scipy.special import log_softmax, ndtr
 
+from diffjax.diffusion import vdm
 from diffjax.diffusion.continuous import ContinuousDiffusion, GammaProcess
 from diffjax.diffusion.naive import NaiveDiffusion
 from diffjax.diffusion.processes import EDM
-from diffjax.evaluation.elbo import BOUND, ELBOEvaluator, continuous_bound
+from diffjax.evaluation.elbo import BOUND, ELBOEvaluator, continuous_bound, vp_coordinates
 from diffjax.evaluation.ode_nll import ODEBoundEvaluator
 from diffjax.models.denoiser import init_params
 from diffjax.models.mlp import MLPDenoiser
@@ -328,3 +329,30 @@ def test_evaluate_reports_the_bounds_of_a_continuous_model(tmp_path):
     report = write_report([workdir], str(tmp_path / "report.md"))
     assert "NLL, continuous bound (bits/dim)" in report and f"{elbo['bpd']:.4g}" in report
     assert "NLL, PF-ODE (bits/dim)" in report
+
+
+def test_t_step_bound_of_a_vdm_model_is_vdm_discrete_loss(vdm_model):
+    """``num_steps = T``: the evaluator's diffusion term is ``vdm.vdm_loss(num_steps=T)`` with the
+    evaluator's own draws (the low-discrepancy s of each example discretised to i/T), and its
+    prior and reconstruction terms are those of L_inf (the same ends)."""
+    recipe, params, data = vdm_model
+    result = ELBOEvaluator(recipe, draws=8, num_steps=10)(params, batches_of(data, 48), seed=5)
+    infinite = ELBOEvaluator(recipe, draws=8)(params, batches_of(data, 48), seed=5)
+    record = result.to_json()
+    assert record["bound"] == "VDM bound, T = 10 steps" and record["num_steps"] == 10
+    np.testing.assert_allclose(result.per_example["prior"], infinite.per_example["prior"], rtol=1e-6)
+    np.testing.assert_allclose(result.per_example["reconstruction"], infinite.per_example["reconstruction"], rtol=1e-6)
+    # The same draws through vdm_loss directly (continuous_bound's own recipe for them).
+    process, denoise_x0 = denoiser_view(recipe, params)
+    gamma_fn, eps_fn = vp_coordinates(process, denoise_x0)
+    key = jax.random.fold_in(jax.random.PRNGKey(5), 0)
+    key_u, key_draws = jax.random.split(key)
+    x = jnp.asarray(data)
+    u = jax.random.uniform(key_u, x.shape[:1])
+    total = 0.0
+    for j in range(8):
+        key_eps, key_0 = jax.random.split(jax.random.fold_in(key_draws, j))
+        terms = vdm.vdm_loss(eps_fn, gamma_fn, x, None, num_steps=10, t=jnp.mod(u + j / 8, 1.0),
+                             eps=jax.random.normal(key_eps, x.shape), eps_0=jax.random.normal(key_0, x.shape))
+        total = total + terms["diffusion"] / 8
+    np.testing.assert_allclose(result.per_example["diffusion"], np.asarray(total), rtol=2e-5, atol=1e-6)

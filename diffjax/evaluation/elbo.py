@@ -74,6 +74,7 @@ __all__ = [
     "ELBOEvaluator",
     "ELBOResult",
     "bound_ends",
+    "bound_label",
     "continuous_bound",
     "elbo_of_params",
     "vp_coordinates",
@@ -81,7 +82,12 @@ __all__ = [
 ]
 
 BOUND = "continuous VDM bound (T = inf)"
-"""The label of ``eval/elbo.json``'s record."""
+"""The label of ``eval/elbo.json``'s record (``bound_label(None)``)."""
+
+
+def bound_label(num_steps: int | None) -> str:
+    """``BOUND``, or "VDM bound, T = 1000 steps" for the T-step diffusion loss."""
+    return BOUND if not num_steps else f"VDM bound, T = {num_steps} steps"
 TERMS = ("total", "diffusion", "prior", "reconstruction")
 """The per-example terms of the bound (bits/dim): ``total`` is the sum of the other three."""
 GRID = "diffjax"
@@ -128,7 +134,7 @@ def bound_ends(process: NoiseProcess, dtype=jnp.float32) -> jax.Array:
 
 
 def continuous_bound(process: NoiseProcess, denoise_x0: X0Fn, x: jax.Array, key: jax.Array, *,
-                     draws: int = 1) -> dict[str, jax.Array]:
+                     draws: int = 1, num_steps: int | None = None) -> dict[str, jax.Array]:
     """The continuous-time bound of each example, averaged over ``draws`` low-discrepancy draws.
 
     Args:
@@ -138,6 +144,8 @@ def continuous_bound(process: NoiseProcess, denoise_x0: X0Fn, x: jax.Array, key:
       key: the draws' key (one uniform per example, eps and z_0's noise per draw).
       draws: draws per example (the network evaluations per example); one network call on the
         batch per draw, in a ``lax.scan``.
+      num_steps: None for L_inf; T for VDM's T-step diffusion loss L_T of the same model (its
+        steps uniform in s, i.e. in the model's t between t_min and t_max; ``vdm.vdm_loss``).
 
     Returns:
       {name: [B]} of ``TERMS`` in bits/dim: ``total`` = ``diffusion`` + ``prior`` + ``reconstruction``.
@@ -153,7 +161,7 @@ def continuous_bound(process: NoiseProcess, denoise_x0: X0Fn, x: jax.Array, key:
         s = jnp.mod(u + j.astype(x.dtype) / draws, 1.0)
         eps = jax.random.normal(key_eps, x.shape, x.dtype)
         eps_0 = jax.random.normal(key_0, x.shape, x.dtype)
-        terms = vdm.vdm_loss(eps_fn, gamma_fn, x, None, grid=GRID, t=s, eps=eps, eps_0=eps_0)
+        terms = vdm.vdm_loss(eps_fn, gamma_fn, x, None, num_steps=num_steps, grid=GRID, t=s, eps=eps, eps_0=eps_0)
         return {name: sums[name] + terms[name] for name in TERMS}, None
 
     zeros = {name: jnp.zeros(x.shape[:1], x.dtype) for name in TERMS}
@@ -172,6 +180,7 @@ class ELBOResult:
       seed: the root seed of the batches' keys.
       gamma_0, gamma_1: minus the log-SNR at the ends (the decoder's and the prior's levels).
       family: "discrete" or "continuous" (how the model was read).
+      num_steps: None (L_inf) or T (VDM's T-step diffusion loss).
     """
 
     per_example: dict[str, np.ndarray]
@@ -181,6 +190,7 @@ class ELBOResult:
     gamma_0: float
     gamma_1: float
     family: str
+    num_steps: int | None = None
 
     @property
     def count(self) -> int:
@@ -205,7 +215,8 @@ class ELBOResult:
         for name in TERMS[1:]:
             terms[f"{name}_bpd"], terms[f"{name}_bpd_stderr"] = self.term(name)
         return {
-            "bound": BOUND,
+            "bound": bound_label(self.num_steps),
+            "num_steps": self.num_steps,
             "bpd": self.bpd,
             "bpd_stderr": self.bpd_stderr,
             **terms,
@@ -229,14 +240,18 @@ class ELBOEvaluator:
       recipe: the experiment's ``Recipe`` (a discrete or continuous model: ``runtime.model_view``).
       mesh: the data mesh (default: every device); batches are sharded over it.
       draws: low-discrepancy time draws per example.
+      num_steps: None (L_inf) or T (L_T).
 
     Raises:
       ValueError: a naive model (no likelihood), or draws < 1.
     """
 
-    def __init__(self, recipe, mesh: Mesh | None = None, *, draws: int = 16):
+    def __init__(self, recipe, mesh: Mesh | None = None, *, draws: int = 16, num_steps: int | None = None):
         if draws < 1:
             raise ValueError(f"draws must be at least 1, got {draws}")
+        if num_steps is not None and num_steps < 1:
+            raise ValueError(f"num_steps must be None (T = inf) or at least 1, got {num_steps}")
+        self.num_steps = num_steps
         self.mesh = mesh or make_mesh()
         self.draws = int(draws)
         self.family = gaussian_family(recipe, "the continuous VDM bound")
@@ -246,7 +261,7 @@ class ELBOEvaluator:
         def per_batch(params, pixels, labels, mask, key):
             # The process is built from the params here: a learned schedule is part of them.
             process, denoise_x0 = denoiser_view(recipe, params, labels if conditional else None)
-            terms = continuous_bound(process, denoise_x0, values[pixels], key, draws=self.draws)
+            terms = continuous_bound(process, denoise_x0, values[pixels], key, draws=self.draws, num_steps=num_steps)
             return {**terms, "mask": mask, "ends": bound_ends(process)}
 
         self._per_batch = jax.jit(per_batch, out_shardings=replicated_sharding(self.mesh))
@@ -276,14 +291,14 @@ class ELBOEvaluator:
         per_example = {name: mean_and_stderr(parts)[0] for name, parts in values.items()}
         return ELBOResult(
             per_example=per_example, draws=self.draws, num_batches=len(values["total"]), seed=int(seed),
-            gamma_0=float(ends[0]), gamma_1=float(ends[1]), family=self.family,
+            gamma_0=float(ends[0]), gamma_1=float(ends[1]), family=self.family, num_steps=self.num_steps,
         )
 
 
 def elbo_of_params(recipe, params: Any, mesh: Mesh | None, batches: Iterable[dict[str, np.ndarray]], *,
-                   draws: int = 16, seed: int = 0, progress: bool = False) -> ELBOResult:
-    """``ELBOEvaluator(recipe, mesh, draws=)(params, batches, seed=, progress=)``."""
-    return ELBOEvaluator(recipe, mesh, draws=draws)(params, batches, seed=seed, progress=progress)
+                   draws: int = 16, seed: int = 0, num_steps: int | None = None, progress: bool = False) -> ELBOResult:
+    """``ELBOEvaluator(recipe, mesh, draws=, num_steps=)(params, batches, seed=, progress=)``."""
+    return ELBOEvaluator(recipe, mesh, draws=draws, num_steps=num_steps)(params, batches, seed=seed, progress=progress)
 
 
 def write_elbo_json(result: ELBOResult, path: str, **extra: Any) -> dict[str, Any]:

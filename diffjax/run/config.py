@@ -203,9 +203,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval.ode_seed = 0
     # The continuous-time variational bound (eval/elbo.json; VDM's L_inf + prior + reconstruction, in
     # bits/dim) of any Gaussian model, continuous or discrete (on its continuous view), over the NLL's
-    # examples: elbo_draws low-discrepancy times per example.
+    # examples: elbo_draws low-discrepancy times per example; elbo_steps = T > 0: VDM's T-step diffusion loss L_T
+    # of the same model instead of L_inf (eval/elbo_T<T>.json).
     config.eval.elbo = False
     config.eval.elbo_draws = 16
+    config.eval.elbo_steps = 0
     # FID/IS: pytorch-fid's weights file (.pth, or the .npz of `python -m diffjax.evaluation.inception
     # convert`); "" scores only with the in-domain metric (digits, toy2d) and skips FID.
     config.eval.fid_weights = ""
@@ -296,6 +298,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _validate_ode_nll(config.eval)
     _require(isinstance(config.eval.elbo, bool), "eval.elbo", f"must be True or False, got {config.eval.elbo!r}")
     _int_at_least(config, "eval.elbo_draws", 1)
+    _int_at_least(config, "eval.elbo_steps", 0)
     if config.eval.elbo:
         _require(d.family != "naive", "eval.elbo", "naive diffusion has no likelihood bound")
     _require(config.eval.fid_image_size >= 75, "eval.fid_image_size", "Inception-v3 needs at least 75 (299 for FID)")

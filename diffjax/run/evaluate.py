@@ -211,9 +211,10 @@ def evaluate(
 
     if gaussian and e.elbo:
         started = time.perf_counter()
+        num_steps = e.elbo_steps or None  # VDM's T-step diffusion loss instead of L_inf: elbo_T<T>.json
         elbo = elbo_of_params(recipe, params, mesh, recipe.eval_batches(), draws=e.elbo_draws, seed=e.nll_seed,
-                              progress=is_main)
-        record("elbo", write_elbo_json, elbo, started)
+                              num_steps=num_steps, progress=is_main)
+        record("elbo" if num_steps is None else f"elbo_T{num_steps}", write_elbo_json, elbo, started)
 
     if gaussian and e.ode_nll:
         started = time.perf_counter()
