@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -306,3 +307,45 @@ def test_continuous_models_need_a_solver():
     with pytest.raises(ValueError, match="strides a discrete chain"):
         make_sampler(recipe, make_mesh(), num_samples=4, choice=SamplerChoice(solver="heun", steps="2",
                                                                              grid="discrete_even"))
+
+
+class _ExactGaussianEDMNetwork(nn.Module):
+    """The ideal network F of EDM's preconditioning for data x_0 ~ N(0, s^2 I): from its input
+    c_in x~ and noise input c(lambda) it recovers sigma and x~, and returns (D* - c_skip x~) / c_out
+    with the exact denoiser D*(x~; sigma) = s^2 / (s^2 + sigma^2) x~."""
+
+    data_std: float
+
+    @nn.compact
+    def __call__(self, x, c_noise, labels=None, train=False):
+        self.param("unused", nn.initializers.zeros, ())
+        log_snr = -(c_noise / 1000.0 * 18.3 - 13.3)  # noise_conditioning inverted
+        sigma = jnp.exp(-0.5 * log_snr)[:, None]
+        total = sigma**2 + SIGMA_D**2
+        scaled = x * jnp.sqrt(total)  # the input is c_in x~
+        exact = self.data_std**2 / (self.data_std**2 + sigma**2) * scaled
+        c_skip, c_out = SIGMA_D**2 / total, sigma * SIGMA_D / jnp.sqrt(total)
+        return (exact - c_skip * scaled) / c_out
+
+
+def test_edm_sampler_starts_from_the_wide_prior_and_reaches_the_data():
+    """EDM's process starts at sigma_max = 80: a drawn x_T is N(0, (1 + 80^2) I), a given x_T is the
+    state itself. With the exact network the probability-flow ODE maps x_T to x_T s / sqrt(s^2 +
+    80^2) (Gaussian data: the flow is linear), so each sample is z s sqrt(1 + 80^2) / sqrt(s^2 + 80^2)
+    for the standard draw z; Heun with 60 steps on the Karras grid is within 0.47% of it (measured;
+    17 steps: 6.5%, the solver's own error, the same on VP-cosine), checked to 1%. A unit-variance
+    start would be 80 times too small."""
+    config = toy_config().copy_and_resolve_references()
+    config.diffusion.update(FAMILIES["edm"])
+    config.sample.update(solver="heun", steps="60", grid="karras", clip_denoised=False)
+    data_std = 0.3
+    recipe = dataclasses.replace(toy_recipe(config), model=_ExactGaussianEDMNetwork(data_std))
+    params = {"unused": jnp.float32(0.0)}
+    draw = make_sampler(recipe, make_mesh(), num_samples=64, choice=SamplerChoice.from_settings(config.sample))
+    key = jax.random.PRNGKey(3)
+    samples = draw(params, key)
+    z = np.asarray(jax.random.normal(key, (64, 2), jnp.float32), np.float64)
+    exact = z * data_std * math.sqrt(1 + 80.0**2) / math.sqrt(data_std**2 + 80.0**2)
+    np.testing.assert_allclose(samples, exact, rtol=0.01, atol=1e-4)
+    np.testing.assert_allclose(draw(params, key, x_T=z, standard_x_T=True), samples, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(draw(params, key, x_T=z * math.sqrt(1 + 80.0**2)), samples, rtol=1e-4, atol=1e-5)

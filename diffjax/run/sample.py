@@ -185,7 +185,7 @@ def write_interpolation(recipe, params: Any, choice: SamplerChoice, mesh: Mesh, 
     latents = np.swapaxes(latents, 0, 1).reshape(rows * columns, *recipe.input_shape)  # row-major: pair, fraction
     draw = make_sampler(recipe, mesh, num_samples=rows * columns, choice=choice)
     labels = np.repeat(np.arange(rows) % max(recipe.num_classes, 1), columns) if recipe.num_classes else None
-    samples = draw(params, key_a, labels, x_T=latents).astype(np.float32)
+    samples = draw(params, key_a, labels, x_T=latents, standard_x_T=True).astype(np.float32)
     if jax.process_index() == 0:
         save_image_grid(samples, stem + ".png", columns=columns)
         np.savez(stem + ".npz", samples=samples.reshape(rows, columns, *recipe.input_shape), fractions=fractions)

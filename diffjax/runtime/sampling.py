@@ -225,7 +225,8 @@ def make_sampler(recipe, mesh: Mesh, *, num_samples: int, choice: SamplerChoice)
     ``solver_grid(choice, ...)`` on the schedule's continuous view
     (``processes.discrete_process``: the network is called with fractional steps between
     the trained ones on a continuous grid) and ends with the denoising step to x_0 at the
-    grid's last time. Both start from x_T ~ N(0, I) drawn from ``key`` (or a given x_T), so
+    grid's last time. Both start from x_T drawn from ``key`` (N(0, I) scaled to the prior at the
+    grid's first time; or a given x_T), so
     the same key gives every choice the same x_T. The N samples are split over the devices along
     ``data`` (N is rounded up to a multiple of the device count and cut back).
     Class-conditional models get ``labels`` (int32 [N]; default 0, 1, 2, ... cycling).
@@ -283,8 +284,12 @@ def make_sampler(recipe, mesh: Mesh, *, num_samples: int, choice: SamplerChoice)
     elif family == "continuous":
         options = _accepted_options(choice.solver, dict(choice.solver_options))
 
-        def draw(params, key, labels, guidance_weight, x_T, grid, options):
+        def draw(params, key, labels, guidance_weight, x_T, drawn, grid, options):
             process = diffusion.make_process(params)
+            # A drawn x_T ~ N(0, I) becomes the prior at grid[0], N(0, (alpha^2 + sigma^2) I): N(0, I) for a VP
+            # process, sigma_max^2 + 1 for EDM's (ode_likelihood.prior_variance, the continuous bound's prior).
+            prior_std = jnp.sqrt(process.alpha(grid[0]) ** 2 + process.sigma(grid[0]) ** 2)
+            x_T = x_T * jnp.where(drawn, prior_std, 1.0)
 
             def denoise_x0(x, t):
                 t_batch = jnp.full((x.shape[0],), t, dtype=jnp.asarray(t).dtype)
@@ -330,9 +335,12 @@ def make_sampler(recipe, mesh: Mesh, *, num_samples: int, choice: SamplerChoice)
         noise = jax.jit(lambda key: jax.random.normal(key, shape, jnp.float32), out_shardings=data_sharding(mesh))
     traced_names = () if family == "naive" else ("grid", "solver_options") if choice.solver else ("eta",)
 
-    def run(params, key, labels=None, *, x_T=None, guidance_weight=None, **traced):
-        """Samples [N, *input_shape] of ``params`` from ``key`` (x_T ~ N(0, I) drawn from it,
-        or ``x_T`` [N, *input_shape] given, e.g. interpolated latents). The traced settings
+    def run(params, key, labels=None, *, x_T=None, standard_x_T=False, guidance_weight=None, **traced):
+        """Samples [N, *input_shape] of ``params`` from ``key`` (x_T drawn from it: the prior at the
+        grid's first time, N(0, (alpha^2 + sigma^2) I), i.e. N(0, I) but for the variance-exploding
+        process; or ``x_T`` [N, *input_shape] given: the state at the grid's first time, e.g. a
+        latent of ``diffusion.latent.encode``, or, with ``standard_x_T``, a standard-normal draw
+        (e.g. slerps of two) that is scaled to the prior like a drawn one). The traced settings
         may be changed per call without recompiling: ``guidance_weight``, and ``grid``
         (float [K + 1]) and ``solver_options`` (a dict of the solver's options) for a solver,
         ``eta`` for the chain; the others keep the values of ``choice``."""
@@ -363,6 +371,7 @@ def make_sampler(recipe, mesh: Mesh, *, num_samples: int, choice: SamplerChoice)
             labels = jax.device_put(jnp.asarray(labels, jnp.int32), replicated)
         else:
             labels = None
+        drawn = x_T is None or standard_x_T
         if x_T is None:
             x_T = noise(key)
         else:
@@ -370,7 +379,8 @@ def make_sampler(recipe, mesh: Mesh, *, num_samples: int, choice: SamplerChoice)
                 raise ValueError(f"x_T has shape {x_T.shape}; expected {(num_samples, *recipe.input_shape)}")
             x_T = np.concatenate([np.asarray(x_T, np.float32), np.zeros((padded - num_samples, *x_T.shape[1:]), np.float32)])
             x_T = jax.device_put(x_T, data_sharding(mesh))
-        samples = compiled(params, key, labels, weight, x_T, *(values[name] for name in traced_names))
+        given = () if family != "continuous" else (jnp.asarray(drawn),)
+        samples = compiled(params, key, labels, weight, x_T, *given, *(values[name] for name in traced_names))
         if jax.process_count() > 1:
             samples = multihost_utils.process_allgather(samples, tiled=True)
         return np.asarray(samples)[:num_samples]
