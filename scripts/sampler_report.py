@@ -35,6 +35,8 @@ def _load(path: str) -> list[dict]:
 
 def _family(row: dict) -> str:
     settings = row.get("settings", {})
+    if row.get("family") == "naive":
+        return "naive diffusion's iterative sampler"
     if settings.get("sampler") == "chain":
         return f"chain {settings['method']}" + (" (strided)" if row["num_steps"] < 1000 else "")
     return f"{row['solver']} ({settings['grid']})"

@@ -33,7 +33,7 @@ from diffjax.run.experiments import build_recipe, load_experiment
 from diffjax.run.restore import chosen_params, restore_train_state
 from diffjax.run.scorers import sample_scorer
 from diffjax.runtime.mesh import make_mesh
-from diffjax.runtime.sampling import SamplerChoice, make_sampler
+from diffjax.runtime.sampling import SamplerChoice, make_sampler, model_family
 
 
 def _apply_overrides(config, overrides):
@@ -84,7 +84,8 @@ def main(argv=None):
         started = time.perf_counter()
         samples = make_sampler(recipe, mesh, num_samples=args.num_samples, choice=choice)(params, key)
         seconds = time.perf_counter() - started
-        row = {"entry": entry, **quality_row(choice, recipe.diffusion, scorer.score(samples), seconds), "seed": args.seed}
+        row = {"entry": entry, **quality_row(choice, recipe.diffusion, scorer.score(samples), seconds), "seed": args.seed,
+               "family": model_family(recipe.diffusion)}
         rows.append(row)
         done.add(entry)  # an entry listed twice runs once
         with open(path, "a") as f:
