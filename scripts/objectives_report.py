@@ -7,7 +7,8 @@ Per run (NAME=WORKDIR): the bounds in bits/dim that exist in its eval/ (the T-st
 ``nll.json``; VDM's L_inf and L_1000, L_10 of ``elbo_steps.jsonl`` with the paired difference to
 L_inf, else ``elbo.json``; the PF-ODE bound of ``ode_nll.json``), each with its standard error
 over examples, and FD-digits from ``sampler_sweep_seed<S>.jsonl`` (1000 samples): the best row at
-<= 10 and <= 20 NFE and the 100- and 1000-step ancestral rows, per seed. "-" where a number does not apply or
+<= 10 and <= 20 NFE and the 100- and 1000-step ancestral rows, per seed. With ``--out``, also
+``<out stem>.png``: the best FD at each NFE swept (seed 0) against NFE, one line per run. "-" where a number does not apply or
 was not measured.
 """
 
@@ -81,6 +82,29 @@ def summary(runs: dict[str, str]) -> str:
     return "\n".join(out) + "\n"
 
 
+def plot_envelopes(runs: dict[str, str], path: str) -> None:
+    """FD-digits (seed 0) against NFE: per run, the best sampler at each NFE swept, log-log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.5, 4))
+    for name, workdir in runs.items():
+        rows = _read(os.path.join(workdir, "eval", "sampler_sweep_seed0.jsonl")) or []
+        best: dict[int, float] = {}
+        for row in rows:
+            best[row["nfe"]] = min(best.get(row["nfe"], float("inf")), row["fd_digits_train"])
+        if best:
+            nfes = sorted(best)
+            axes.plot(nfes, [best[n] for n in nfes], marker="o", label=name)
+    axes.set(xscale="log", yscale="log", xlabel="NFE", ylabel="FD-digits (best sampler at that NFE, seed 0)")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="NAME=WORKDIR")
@@ -92,6 +116,7 @@ def main(argv=None):
     if args.out:
         with open(args.out, "w") as f:
             f.write(text)
+        plot_envelopes(runs, os.path.splitext(args.out)[0] + ".png")
 
 
 if __name__ == "__main__":
