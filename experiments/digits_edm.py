@@ -16,19 +16,12 @@ training. ``--mode=eval``: the continuous bound and the probability-flow ODE bou
 against NFE.
 """
 
-from diffjax.run.experiments import load_experiment
+from diffjax.run.experiments import comparison_base, load_experiment
 
 
 def get_config(arg: str | None = None):
-    words = [w for w in (arg or "").split(",") if w]
-    if any(w not in ("toy2d", "smoke") for w in words):
-        raise ValueError(f"unknown variant {arg!r} of digits_edm: optionally toy2d and smoke, comma-separated")
+    config, words = comparison_base(arg, "digits_edm")
     smoke = "smoke" in words
-    if "toy2d" in words:
-        config = load_experiment("toy2d").get_config("eight_gaussians,smoke" if smoke else None)
-    else:
-        config = load_experiment("digits_ddpm").get_config("smoke" if smoke else None)
-    config.experiment = "digits_edm"
     d = config.diffusion
     d.family = "continuous"
     d.process = "edm"

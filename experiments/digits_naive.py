@@ -14,19 +14,12 @@ the reference point of docs/results_objectives.md. No likelihood bound applies t
 Hardware: 2 CPU cores, about 6 minutes for training.
 """
 
-from diffjax.run.experiments import load_experiment
+from diffjax.run.experiments import comparison_base
 
 
 def get_config(arg: str | None = None):
-    words = [w for w in (arg or "").split(",") if w]
-    if any(w not in ("toy2d", "smoke") for w in words):
-        raise ValueError(f"unknown variant {arg!r} of digits_naive: optionally toy2d and smoke, comma-separated")
+    config, words = comparison_base(arg, "digits_naive")
     smoke = "smoke" in words
-    if "toy2d" in words:
-        config = load_experiment("toy2d").get_config("eight_gaussians,smoke" if smoke else None)
-    else:
-        config = load_experiment("digits_ddpm").get_config("smoke" if smoke else None)
-    config.experiment = "digits_naive"
     config.diffusion.family = "naive"
     config.diffusion.naive_levels = 5 if smoke else 100
     config.sample.solver = ""

@@ -20,29 +20,21 @@ continuous VDM bound and the probability-flow ODE bound on the test digits, FD-d
 NFE.
 """
 
-from diffjax.run.experiments import load_experiment
+from diffjax.run.experiments import comparison_base
 
 SCHEDULES = {"fixed": "fixed_linear", "learned_linear": "learned_linear", "learned": "monotone"}
 
 
 def get_config(arg: str | None = None):
-    words = [w for w in (arg or "fixed").split(",") if w]
-    unknown = [w for w in words if w not in (*SCHEDULES, "toy2d", "smoke")]
-    schedules = [w for w in words if w in SCHEDULES]
-    if unknown or len(schedules) > 1:
-        raise ValueError(f"unknown variant {arg!r} of digits_vdm: one of {sorted(SCHEDULES)}, optionally ,toy2d ,smoke")
+    config, words = comparison_base(arg, "digits_vdm", tuple(SCHEDULES))
     smoke = "smoke" in words
-    if "toy2d" in words:
-        config = load_experiment("toy2d").get_config("eight_gaussians,smoke" if smoke else None)
-    else:
-        config = load_experiment("digits_ddpm").get_config("smoke" if smoke else None)
-    config.experiment = "digits_vdm"
+    schedule = next((w for w in words if w in SCHEDULES), "fixed")
     d = config.diffusion
     d.family = "continuous"
     d.process = "vdm"
     d.prediction = "eps"
     d.weighting = "elbo"
-    d.gamma_schedule = SCHEDULES[schedules[0] if schedules else "fixed"]
+    d.gamma_schedule = SCHEDULES[schedule]
     d.schedule_hidden = 8 if smoke else 1024
     set_continuous_sampling(config, smoke)
     return config

@@ -22,9 +22,7 @@ import os
 import numpy as np
 
 from diffjax.evaluation.elbo import elbo_of_params
-from diffjax.run.config import validate
-from diffjax.run.experiments import build_recipe, load_experiment
-from diffjax.run.restore import chosen_params, restore_train_state
+from diffjax.run.restore import restore_experiment
 from diffjax.runtime.mesh import make_mesh
 
 
@@ -37,12 +35,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    experiment = load_experiment(args.experiment)
-    config = experiment.get_config(args.experiment.partition(":")[2] or None)
-    validate(config)
-    recipe = build_recipe(experiment, config)
     mesh = make_mesh()
-    params, _ = chosen_params(restore_train_state(config, args.workdir, recipe, mesh), use_ema=True)
+    _, recipe, params = restore_experiment(args.experiment, args.workdir, mesh)
     lines, reference = [], None
     for steps in (int(s) for s in args.steps.split()):
         result = elbo_of_params(recipe, params, mesh, recipe.eval_batches(), draws=args.draws, seed=args.seed,

@@ -30,9 +30,7 @@ import numpy as np
 
 from diffjax.diffusion import vdm
 from diffjax.diffusion.continuous import ContinuousDiffusion
-from diffjax.run.config import validate
-from diffjax.run.experiments import build_recipe, load_experiment
-from diffjax.run.restore import chosen_params, restore_train_state
+from diffjax.run.restore import restore_experiment
 from diffjax.runtime.mesh import make_mesh
 
 
@@ -62,15 +60,10 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    experiment = load_experiment(args.experiment)
-    config = experiment.get_config(args.experiment.partition(":")[2] or None)
-    validate(config)
-    recipe = build_recipe(experiment, config)
+    _, recipe, params = restore_experiment(args.experiment, args.workdir, make_mesh())
     diffusion = recipe.diffusion
     if not (isinstance(diffusion, ContinuousDiffusion) and diffusion.process == "vdm"):
         raise SystemExit("loss_variance.py needs a continuous model on the vdm process (experiments/digits_vdm.py)")
-    state = restore_train_state(config, args.workdir, recipe, make_mesh())
-    params, _ = chosen_params(state, use_ema=True)
     x = jnp.asarray(_test_images(recipe, args.num_examples))
     own = diffusion.make_process(params)
     ends = np.asarray(own.gamma(jnp.array([0.0, 1.0])), np.float64)

@@ -10,14 +10,13 @@ bits, which VDM needs for likelihoods close to the data's discreteness. Set by
 
 from __future__ import annotations
 
-import flax.linen as nn
-
 from diffjax.diffusion import vdm
+from diffjax.models.wrapper import NetworkWrapper
 
 __all__ = ["FourierInput"]
 
 
-class FourierInput(nn.Module):
+class FourierInput(NetworkWrapper):
     """``network([x, fourier_features(x)], t, labels, train=)``.
 
     Attributes:
@@ -25,17 +24,8 @@ class FourierInput(nn.Module):
       n_min, n_max: the frequencies 2^n pi, n = n_min..n_max (VDM: 7, 8).
     """
 
-    network: nn.Module
     n_min: int = 7
     n_max: int = 8
-
-    @property
-    def num_classes(self):
-        return getattr(self.network, "num_classes", None)
-
-    @property
-    def dropout(self):
-        return getattr(self.network, "dropout", 0.0)
 
     def __call__(self, x, t, labels=None, train: bool = False):
         return self.network(vdm.fourier_features(x, self.n_min, self.n_max), t, labels, train=train)

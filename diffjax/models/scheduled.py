@@ -16,10 +16,12 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from diffjax.models.wrapper import NetworkWrapper
+
 __all__ = ["ScheduledDenoiser"]
 
 
-class ScheduledDenoiser(nn.Module):
+class ScheduledDenoiser(NetworkWrapper):
     """``network(x, t, labels, train=)`` plus ``schedule(t)`` (``models.noise_schedule``).
 
     Attributes:
@@ -27,16 +29,7 @@ class ScheduledDenoiser(nn.Module):
       schedule: ``LinearSchedule`` or ``MonotoneSchedule``.
     """
 
-    network: nn.Module
     schedule: nn.Module
-
-    @property
-    def num_classes(self):
-        return getattr(self.network, "num_classes", None)
-
-    @property
-    def dropout(self):
-        return getattr(self.network, "dropout", 0.0)
 
     def __call__(self, x, t, labels=None, train: bool = False):
         if self.is_initializing():

@@ -16,7 +16,7 @@ import ml_collections
 from diffjax.run.recipes import default_recipe
 from diffjax.runtime.recipe import Recipe
 
-__all__ = ["build_recipe", "load_experiment"]
+__all__ = ["build_recipe", "comparison_base", "load_experiment"]
 
 EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "experiments")
 
@@ -42,3 +42,30 @@ def build_recipe(experiment: ModuleType, config: ml_collections.ConfigDict) -> R
     ``build(config)`` if it has one, else ``default_recipe(config)``."""
     build = getattr(experiment, "build", None)
     return default_recipe(config) if build is None else build(config)
+
+
+def comparison_base(arg: str | None, experiment: str, choices=()) -> tuple[ml_collections.ConfigDict, list[str]]:
+    """The base config of the objective comparison's experiments (docs/results_objectives.md) and
+    the words of their variant.
+
+    ``arg`` is comma-separated words: at most one of ``choices`` (the experiment's own), and
+    optionally ``toy2d`` (the 8-Gaussians toy with the MLP, ``toy2d``'s config, instead of the
+    default digits experiment's) and ``smoke`` (the base's smoke variant). The base is
+    ``digits_ddpm``'s (or ``toy2d``'s) config, so every model of the comparison has its budget.
+
+    Raises:
+      ValueError: an unknown word, or two of ``choices``, naming ``experiment``.
+    """
+    words = [w for w in (arg or "").split(",") if w]
+    known = (*choices, "toy2d", "smoke")
+    if any(w not in known for w in words) or sum(w in choices for w in words) > 1:
+        raise ValueError(f"unknown variant {arg!r} of {experiment}: "
+                         f"{'one of ' + str(sorted(choices)) + ', ' if choices else ''}optionally toy2d and smoke, "
+                         "comma-separated")
+    smoke = "smoke" in words
+    if "toy2d" in words:
+        config = load_experiment("toy2d").get_config("eight_gaussians,smoke" if smoke else None)
+    else:
+        config = load_experiment("digits_ddpm").get_config("smoke" if smoke else None)
+    config.experiment = experiment
+    return config, words

@@ -12,7 +12,7 @@ from diffjax.runtime.recipe import Recipe
 from diffjax.train.loop import abstract_train_state
 from diffjax.train.optim import make_optimizer
 
-__all__ = ["chosen_params", "restore_train_state"]
+__all__ = ["chosen_params", "restore_experiment", "restore_train_state"]
 
 
 def restore_train_state(config: ml_collections.ConfigDict, workdir: str, recipe: Recipe, mesh,
@@ -34,3 +34,17 @@ def restore_train_state(config: ml_collections.ConfigDict, workdir: str, recipe:
 def chosen_params(state, use_ema: bool) -> tuple[Any, str]:
     """The EMA or the raw params of ``state``, and their name in the output files."""
     return (state.ema_params, "ema") if use_ema else (state.params, "raw")
+
+
+def restore_experiment(experiment: str, workdir: str, mesh, *, use_ema: bool = True):
+    """For scripts: ``(config, recipe, params)`` of ``experiment`` ("NAME[:VARIANT]", its config
+    validated) with the params of ``workdir``'s latest checkpoint (EMA by default)."""
+    from diffjax.run.config import validate
+    from diffjax.run.experiments import build_recipe, load_experiment
+
+    module = load_experiment(experiment)
+    config = module.get_config(experiment.partition(":")[2] or None)
+    validate(config)
+    recipe = build_recipe(module, config)
+    params, _ = chosen_params(restore_train_state(config, workdir, recipe, mesh), use_ema)
+    return config, recipe, params
