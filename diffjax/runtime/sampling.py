@@ -348,7 +348,7 @@ def make_sampler(recipe, mesh: Mesh, *, num_samples: int, choice: SamplerChoice)
         if unknown:
             raise TypeError(f"unknown traced settings {sorted(unknown)}; this sampler takes {traced_names}")
         values = dict(zip(traced_names, arguments))
-        if grid_of_params is not None:
+        if grid_of_params is not None and "grid" not in traced:
             values["grid"] = grid_of_params(params)
         if "grid" in traced:
             values["grid"] = jnp.asarray(traced["grid"], jnp.float32)
