@@ -21,6 +21,13 @@ Runs back to back, each part in a fresh process pinned to the same ``--threads``
    float32 matmul GFLOP/s, utilisation, XLA's memory analysis and peak RSS.
 
 Writes ``bench/results.json`` and the generated block of ``docs/performance.md``.
+
+``--accelerator`` runs the accelerator benchmark instead (``bench/accelerator.py``: the
+train step at batch 128 in fp32 and bf16 against PyTorch eager/TF32/bf16/torch.compile,
+cold and warm compile, 50-step DDIM, FLOPs and utilisation against measured matmul peaks,
+in about 5 minutes on one GPU); it writes ``bench/accelerator_results.json``, the tables
+to ``--tables`` after every stage, and the accelerator block of ``docs/performance.md``
+when a full run found an accelerator (never from a ``--quick`` or CPU run).
 Timings on a machine busy with other work are meaningless: the report records how many
 cores other processes used during the run and flags it.
 """
@@ -142,13 +149,31 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny configs and 1-2 reps: checks that the script works")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="CPU threads for each framework (default: every CPU this process may use)")
-    parser.add_argument("--json", default=os.path.join(HERE, "results.json"), help="where to write the results")
-    parser.add_argument("--doc", default=os.path.join(REPO, "docs", "performance.md"),
-                        help="markdown report to (re)generate; '' skips it")
+    parser.add_argument("--json", default=None,
+                        help="where to write the results (default bench/results.json, or bench/accelerator_results.json)")
+    parser.add_argument("--doc", default=None,
+                        help="markdown report to (re)generate (default docs/performance.md); '' skips it")
+    parser.add_argument("--accelerator", action="store_true",
+                        help="the accelerator benchmark (bench/accelerator.py) instead of the CPU comparison")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="--accelerator: seconds the whole run may take (default 285 full, 600 --quick)")
+    parser.add_argument("--tables", default=None,
+                        help="--accelerator: markdown tables rewritten after every stage (default: next to --json)")
+    parser.add_argument("--skip", default="", help="--accelerator: comma-separated stages to leave out")
+    parser.add_argument("--torch-compile", dest="torch_compile", action="store_true", default=None,
+                        help="--accelerator: run the torch.compile stage (default: on in full runs, off in --quick)")
+    parser.add_argument("--no-torch-compile", dest="torch_compile", action="store_false")
+    parser.add_argument("--report-only", metavar="JSON", default=None,
+                        help="--accelerator: write the doc block from a saved results JSON, run nothing")
     parser.add_argument("--only", default="train,sampling,pipeline,compile",
                         help="comma-separated subset of train,sampling,pipeline,compile")
     parser.add_argument("--verbose", action="store_true", help="show the workers' stderr")
     args = parser.parse_args()
+    if args.accelerator:
+        _accelerator(args)
+        return
+    args.json = args.json or os.path.join(HERE, "results.json")
+    args.doc = os.path.join(REPO, "docs", "performance.md") if args.doc is None else args.doc
     only = set(args.only.split(","))
     mode = "quick" if args.quick else "full"
     s = SETTINGS[mode]
@@ -273,6 +298,31 @@ def main() -> None:
         _log(f"wrote {args.doc}")
     print()
     print(report.render(results))
+
+
+def _accelerator(args) -> None:
+    import accelerator
+
+    doc_default = os.path.join(REPO, "docs", "performance.md")
+    if args.report_only:
+        with open(args.report_only) as f:
+            results = json.load(f)
+        accelerator.write_doc(args.doc or doc_default, results)
+        _log(f"wrote {args.doc or doc_default} from {args.report_only}")
+        return
+    args.json = args.json or os.path.join(HERE, "accelerator_results.json")
+    args.tables = args.tables if args.tables is not None else os.path.splitext(args.json)[0] + "_tables.md"
+    args.skip = {name for name in args.skip.split(",") if name}
+    results = accelerator.run(args)
+    backend = (results["stages"].get("jax_fp32", {}).get("device") or {}).get("backend")
+    if args.doc:
+        accelerator.write_doc(args.doc, results)
+        _log(f"wrote {args.doc}")
+    elif args.doc is None and not args.quick and backend not in (None, "cpu"):
+        accelerator.write_doc(doc_default, results)
+        _log(f"wrote {doc_default}")
+    print()
+    print(accelerator.render(results))
 
 
 if __name__ == "__main__":
