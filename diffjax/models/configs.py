@@ -1,10 +1,11 @@
 """Named network presets: the papers' UNets, small UNets for CPU, and the toy MLP.
 
 A preset is ``arch`` (the network class: ``"unet"`` for ``UNet``, ``"mlp"`` for
-``MLPDenoiser``) and a value for every hyperparameter of that class, under the class's
-own field names (``hyperparameters(arch)``). Three fields are not hyperparameters and
-never in a preset: the output width (``out_channels`` / ``out_dim``: the data's channels,
-twice that with a learned variance), ``num_classes`` (the data's) and ``dtype`` (the
+``MLPDenoiser``, ``"classifier"`` for ``NoisyClassifier``) and a value for every
+hyperparameter of that class, under the class's own field names (``hyperparameters(arch)``).
+Three fields are not hyperparameters and never in a preset: the output width
+(``out_channels`` / ``out_dim``: the data's channels, twice that with a learned variance;
+``num_outputs``: a classifier's classes), ``num_classes`` (the data's) and ``dtype`` (the
 run's). ``diffjax.run.config.set_model`` writes a preset into a config's ``model``
 section; ``make_network`` builds any network from keyword arguments.
 
@@ -23,7 +24,10 @@ digits             701,345      8×8×1 digits; trains on 2 CPU cores in minutes
 tiny               45,259       8×8×3; for tests
 =================  ===========  ==========================================================
 
-The MLP preset ``toy2d`` (175,106 parameters on 2-D data) is experiments/toy2d.py's.
+The MLP preset ``toy2d`` (175,106 parameters on 2-D data) is experiments/toy2d.py's; the
+noise-conditional classifier ``digits_classifier`` (``NoisyClassifier``, the digits UNet's
+encoder half with a pooled head: 318,090 parameters for 10 classes) is
+experiments/digits_classifier.py's.
 
 Architecture details that do not change the count but matter for loading
 weights: DDPM's TF code uses GroupNorm eps 1e-6 and "SAME" stride-2 padding,
@@ -39,6 +43,7 @@ from typing import Any
 
 import flax.linen as nn
 
+from diffjax.models.classifier import NoisyClassifier
 from diffjax.models.mlp import MLPDenoiser
 from diffjax.models.unet import UNet
 
@@ -53,10 +58,12 @@ __all__ = [
     "make_unet",
 ]
 
-NETWORKS: Mapping[str, type[nn.Module]] = types.MappingProxyType({"unet": UNet, "mlp": MLPDenoiser})
+NETWORKS: Mapping[str, type[nn.Module]] = types.MappingProxyType(
+    {"unet": UNet, "mlp": MLPDenoiser, "classifier": NoisyClassifier}
+)
 
 # Fields that follow from the data, the diffusion or the run, not from the architecture.
-_OUTPUT_FIELD = {"unet": "out_channels", "mlp": "out_dim"}
+_OUTPUT_FIELD = {"unet": "out_channels", "mlp": "out_dim", "classifier": "num_outputs"}
 _NOT_HYPERPARAMETERS = frozenset({"parent", "name", "num_classes", "dtype", *_OUTPUT_FIELD.values()})
 
 
@@ -114,6 +121,11 @@ PRESETS: Mapping[str, Mapping[str, Any]] = types.MappingProxyType(
             norm_groups=4, dropout=0.1,
         ),
         "toy2d": _preset("mlp", hidden=128, num_blocks=3, sinusoid_dim=64, dropout=0.0),
+        # The digits UNet's encoder half (experiments/digits_classifier.py).
+        "digits_classifier": _preset(
+            "classifier", channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(4,), num_heads=1,
+            dropout=0.0,
+        ),
     }
 )
 
