@@ -54,6 +54,7 @@ __all__ = [
     "classifier_guided_ddpm_step",
     "classifier_guided_mean",
     "classifier_guided_x0",
+    "classifier_x0_shift",
 ]
 
 LogProbFn = Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
@@ -143,6 +144,21 @@ def classifier_guided_x0(denoise_x0: X0Fn, grad_fn: GradFn, scale, process: Nois
     return guided
 
 
+def classifier_x0_shift(schedule: Schedule, t: jax.Array, grad: jax.Array, scale) -> jax.Array:
+    """Algorithm 2 on a discrete chain as a shift of the data prediction: s (1 - alpha_bar_t) /
+    sqrt(alpha_bar_t) grad (``classifier_guided_x0``'s s sigma^2 / alpha g with alpha^2 =
+    alpha_bar_t), [B, ...], for ``samplers.ddim_step(x0_shift=)``.
+
+    Args:
+      schedule: the (respaced) chain.
+      t: int32 [B] its indices.
+      grad: [B, ...] the classifier's gradient at x_t.
+      scale: s, a float or a traced scalar.
+    """
+    coefficient = jnp.square(schedule.sqrt_one_minus_alphas_cumprod[t]) / schedule.sqrt_alphas_cumprod[t]
+    return (scale * expand_to_rank(coefficient, grad.ndim) * grad).astype(grad.dtype)
+
+
 def classifier_guided_mean(mean: jax.Array, variance: jax.Array, grad: jax.Array, scale) -> jax.Array:
     """Algorithm 1's guided mean of an ancestral step: mu + s Sigma grad log p(y | x_t).
 
@@ -167,8 +183,9 @@ def classifier_guided_ddpm_step(
     """``samplers.ddpm_step`` with Algorithm 1's guidance: x_{t-1} ~ N(mu + s Sigma g, Sigma).
 
     mu and Sigma are the step's ``p_mean_variance`` (the model's fixed or learned variance;
-    on a fixed-small chain at t = 0 the clipped beta~_1, as guided_diffusion's
-    ``condition_mean`` uses ``exp(log_variance)``); g [B, ...] is the classifier's gradient at
+    on a fixed-small chain at t = 0 the clipped beta~_1 that ``p_mean_variance`` reports, where
+    guided_diffusion's ``condition_mean`` reads its unclipped fixed-small variance, 0 at t = 0:
+    the two differ by s beta~_1 g in the last step's mean); g [B, ...] is the classifier's gradient at
     (x_t, t) (``classifier_gradient``). No noise at t = 0. z is ``noise`` when given, else
     drawn from ``key``.
 

@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.diffusion.gaussian import p_mean_variance
-from diffjax.diffusion.parameterization import DiffusionSpec, read_output
+from diffjax.diffusion.guidance import classifier_guided_ddpm_step, classifier_x0_shift
+from diffjax.diffusion.parameterization import DiffusionSpec, predict_eps_from_x0, read_output
 from diffjax.diffusion.schedules import Schedule, at
 
 __all__ = [
@@ -78,6 +79,7 @@ def ddpm_step(
 def ddim_step(
     spec: DiffusionSpec, schedule: Schedule, output: jax.Array, x_t: jax.Array, t: jax.Array, key: jax.Array | None,
     clip_denoised: bool = True, eta: float | jax.Array = 0.0, *, noise: jax.Array | None = None,
+    x0_shift: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """DDIM step (DDIM eq. 12), with sigma_t(eta) of eq. 16.
 
@@ -103,10 +105,20 @@ def ddim_step(
     Every factor is a float32 table computed from float64: beta~_t, beta_t, alpha_t and
     sqrt(1 - a_t).
 
+    ``x0_shift`` [B, ...], when given, is added to the (clipped) x0_hat before eps_hat is
+    recomputed from it: classifier guidance's Algorithm 2 (``guidance.classifier_x0_shift``;
+    the shift after clipping, as guided_diffusion's ``condition_score``). The returned
+    pred_x0 is the unguided one.
+
     Returns:
       (x_{t-1} [B, ...], pred_x0 [B, ...]).
     """
     prediction = read_output(spec, schedule, output, x_t, t, clip_denoised)
+    x0, eps = prediction.x0, prediction.eps
+    if x0_shift is not None:
+        chex.assert_equal_shape([x0_shift, x_t])
+        x0 = x0 + x0_shift
+        eps = predict_eps_from_x0(schedule, x_t, t, x0)
     posterior_variance = at(schedule.posterior_variance, t, x_t.ndim)
     variance_ratio = posterior_variance / at(schedule.betas, t, x_t.ndim)  # r = (1 - a_{t-1})/(1 - a_t)
     eta_squared = jnp.square(eta)
@@ -116,7 +128,7 @@ def ddim_step(
     )
     sigma = eta * jnp.sqrt(posterior_variance)
     alpha_bar_prev = at(schedule.alphas_cumprod_prev, t, x_t.ndim)
-    mean = jnp.sqrt(alpha_bar_prev) * prediction.x0 + direction * prediction.eps
+    mean = jnp.sqrt(alpha_bar_prev) * x0 + direction * eps
     z = _standard_normal_draw(key, noise, x_t)
     x_prev = mean + _noise_unless_last(x_t, t) * sigma * z
     return x_prev, prediction.x0
@@ -139,6 +151,8 @@ def sample(
     clip_denoised: bool = True,
     return_trajectory: bool = False,
     x_T: jax.Array | None = None,
+    classifier_grad: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+    classifier_scale: float | jax.Array = 0.0,
 ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     """Draw samples by running the reverse chain of ``schedule`` from noise to data.
 
@@ -155,6 +169,12 @@ def sample(
       clip_denoised: clip x_0-hat to [-1, 1] at each step.
       return_trajectory: also return every x_t and x_0-hat.
       x_T: start from this [B, ...] instead of noise drawn from ``key``.
+      classifier_grad: classifier guidance (Dhariwal & Nichol 2021):
+        ``classifier_grad(x_t, t) -> [B, ...]``, grad_x log p_phi(y | x_t) at indices t [B]
+        of ``schedule`` (e.g. ``noisy_classifier.chain_grad_fn``). ``ddpm`` shifts its mean by
+        s Sigma grad (Algorithm 1, ``guidance.classifier_guided_ddpm_step``), ``ddim`` its
+        eps by -s sqrt(1 - alpha_bar_t) grad (Algorithm 2, as an x0 shift of ``ddim_step``).
+      classifier_scale: s, a float or a traced scalar.
 
     Returns:
       x_0 samples [B, ...]; with ``return_trajectory`` also a dict ``x`` [K, B, ...] (x_t
@@ -174,7 +194,16 @@ def sample(
     def body(x, index):
         t = jnp.full((batch_size,), index, jnp.int32)
         output = denoise(params, x, schedule.timestep_map[t], cond)
-        x_prev, pred_x0 = step_fn(spec, schedule, output, x, t, jax.random.fold_in(loop_key, index), clip_denoised)
+        step_key = jax.random.fold_in(loop_key, index)
+        if classifier_grad is None:
+            x_prev, pred_x0 = step_fn(spec, schedule, output, x, t, step_key, clip_denoised)
+        elif method == "ddpm":
+            x_prev, pred_x0 = classifier_guided_ddpm_step(
+                spec, schedule, output, x, t, step_key, classifier_grad(x, t), classifier_scale, clip_denoised
+            )
+        else:
+            shift = classifier_x0_shift(schedule, t, classifier_grad(x, t), classifier_scale)
+            x_prev, pred_x0 = step_fn(spec, schedule, output, x, t, step_key, clip_denoised, x0_shift=shift)
         return x_prev, (x, pred_x0) if return_trajectory else None
 
     indices = jnp.arange(schedule.num_timesteps - 1, -1, -1, dtype=jnp.int32)
