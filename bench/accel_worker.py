@@ -248,6 +248,9 @@ def task_jax_sample(args, prog: Progress) -> None:
     t = jnp.full((args.sample_batch,), 500, jnp.int32)
     if args.compile_only:
         start = time.perf_counter()
+        jax.jit(lambda p, x, t: denoise(p, x, t, None)).lower(params, x, t).compile()
+        prog.save(forward_compile_s=time.perf_counter() - start)
+        start = time.perf_counter()
         jax.jit(draw).lower(params, jax.random.key(0)).compile()
         prog.save(sample_compile_s=time.perf_counter() - start)
         return

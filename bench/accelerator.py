@@ -245,7 +245,7 @@ def run(args) -> dict:
                 save()
             # Fill the cache for later stages while the device runs torch (full runs only: on
             # a CPU-only --quick run there is nothing to overlap with).
-            ahead = not args.quick
+            ahead = args.ahead if getattr(args, "ahead", None) is not None else not args.quick
             if ahead and "jax_bf16" not in args.skip:
                 st.start_background("ahead_bf16", "jax_train", ["--case", bf16, "--cache-dir", cache, "--init", "fill",
                                                                "--compile-only"])

@@ -163,6 +163,10 @@ def main() -> None:
     parser.add_argument("--torch-compile", dest="torch_compile", action="store_true", default=None,
                         help="--accelerator: run the torch.compile stage (default: on in full runs, off in --quick)")
     parser.add_argument("--no-torch-compile", dest="torch_compile", action="store_false")
+    parser.add_argument("--ahead", dest="ahead", action="store_true", default=None,
+                        help="--accelerator: compile the bf16 step and the sampler in the background while torch runs "
+                             "(default: on in full runs, off in --quick)")
+    parser.add_argument("--no-ahead", dest="ahead", action="store_false")
     parser.add_argument("--report-only", metavar="JSON", default=None,
                         help="--accelerator: write the doc block from a saved results JSON, run nothing")
     parser.add_argument("--only", default="train,sampling,pipeline,compile",
