@@ -105,12 +105,14 @@ class Stages:
         self.tmpdir, self.deadline, self.verbose = tmpdir, deadline, verbose
         self.background: dict[str, tuple[subprocess.Popen, str, float]] = {}
 
-    def _cmd(self, name: str, task: str, args: list[str]) -> tuple[list[str], str, dict]:
+    def _cmd(self, name: str, task: str, args: list[str], background: bool = False) -> tuple[list[str], str, dict]:
         out = os.path.join(self.tmpdir, f"{name}.json")
         env = dict(os.environ)
         env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-        # Several JAX processes may share the GPU (ahead-of-time compiles): no preallocation.
-        env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+        if background:
+            # It shares the GPU with the stage in the foreground: no preallocation of 75% of
+            # its memory. Timed JAX stages never overlap another JAX process and keep JAX's default.
+            env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
         return [sys.executable, os.path.join(HERE, "accel_worker.py"), task, "--out", out, *args], out, env
 
     @staticmethod
@@ -145,7 +147,7 @@ class Stages:
         return result
 
     def start_background(self, name: str, task: str, args: list[str]) -> None:
-        cmd, out, env = self._cmd(name, task, args)
+        cmd, out, env = self._cmd(name, task, args, background=True)
         log = open(os.path.join(self.tmpdir, f"{name}.log"), "w")
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         self.background[name] = (proc, out, time.monotonic())
@@ -391,7 +393,7 @@ def render(results: dict) -> str:
                      f"{fl['dot'] / 1e12:.3f}, elementwise {fl['elementwise'] / 1e12:.4f}, reductions {fl['reduce'] / 1e12:.4f} |")
     xla = _get(st, "jax_fp32", "xla_cost_flops")
     lines.append(f"| XLA's cost analysis of the compiled step on this device | {_f(xla / 1e12 if xla else None, '{:.3f}')} TFLOP "
-                 f"({'' if backend == 'cpu' else 'misses the convolutions XLA hands to cuDNN'}) |")
+                 f"({'XLA:CPU counts the convolutions' if backend == 'cpu' else 'misses the convolutions XLA hands to cuDNN'}) |")
     for key, label in (("bf16", "jnp bfloat16"), ("f32_default", "jnp float32, default precision"), ("f32_highest", "jnp float32, highest")):
         lines.append(f"| matmul {_f(_get(peak, key, 'n'), '{}')}², {label} | {_f(_get(peak, key, 'tflop_per_s'))} TFLOP/s |")
     for key, label in (("bf16", "torch bfloat16"), ("tf32", "torch TF32"), ("fp32", "torch float32")):
