@@ -101,7 +101,8 @@ def test_dry_run_counts_follow_model_overrides(config, overrides, count):
      ("ddpm_celebahq256", None, 113_673_219), ("ddpm_lsun_church256", None, 113_673_219),
      ("iddpm_cifar10", "hybrid_cosine", 52_546_438), ("iddpm_imagenet64", "vlb_cosine", 121_063_942),
      ("toy2d", None, 175_106), ("digits_vdm", "fixed", 701_345), ("digits_edm", None, 701_345),
-     ("digits_naive", None, 701_345), ("digits_vdm", "toy2d", 175_106)],
+     ("digits_naive", None, 701_345), ("digits_vdm", "toy2d", 175_106), ("digits_cond", None, 702_753),
+     ("digits_classifier", None, 318_090)],
 )
 def test_every_experiment_builds_its_network_from_the_config(name, arg, count):
     experiment = load_experiment(name)
@@ -230,7 +231,8 @@ def test_every_experiment_config_is_valid():
     for name, args in [("digits_vdm", ("fixed", "learned_linear", "learned", "learned,smoke", "fixed,toy2d",
                                        "learned,toy2d,smoke")),
                        ("digits_edm", (None, "smoke", "toy2d", "toy2d,smoke")),
-                       ("digits_naive", (None, "smoke", "toy2d,smoke"))]:
+                       ("digits_naive", (None, "smoke", "toy2d,smoke")),
+                       ("digits_cond", (None, "smoke")), ("digits_classifier", (None, "smoke"))]:
         for arg in args:
             validate(load_experiment(name).get_config(arg))
     with pytest.raises(ValueError, match="OBJECTIVE_SCHEDULE"):
@@ -280,6 +282,43 @@ def test_naive_and_elbo_settings_are_checked():
     config.sample.solver = "heun"
     with pytest.raises(ConfigError, match="naive diffusion has its own iterative sampler"):
         validate(config)
+
+
+@pytest.mark.parametrize(
+    "experiment,updates,message",
+    [
+        ("digits_ddpm", {"sample.guidance_weight": 2.0},
+         "config.sample.guidance_weight: classifier-free guidance needs a class-conditional model"),
+        ("digits_ddpm", {"sample.classifier_scale": 2.0}, "config.sample.classifier_workdir: classifier guidance"),
+        ("digits_ddpm", {"sample.classifier_scale": float("nan")}, "config.sample.classifier_scale: must be a finite"),
+        ("digits_naive", {"sample.classifier_scale": 1.0, "sample.classifier_workdir": "x"},
+         "config.sample.classifier_scale: classifier guidance steers a Gaussian diffusion model's sampler, not a 'naive'"),
+        ("digits_ddpm", {"model.arch": "classifier"}, "config.model.arch: 'classifier' is not the network"),
+        ("digits_classifier", {"diffusion.family": "discrete"}, "config.model.arch: the 'classifier' network is trained"),
+        ("digits_classifier", {"model.class_dropout": 0.1}, "config.model.class_dropout: a classifier's labels"),
+        ("digits_classifier", {"data.num_classes": 0}, "config.data.num_classes: a classifier needs labelled data"),
+        ("digits_classifier", {"eval.elbo": True}, "config.eval: a classifier has no likelihood bound"),
+    ],
+)
+def test_guidance_settings_are_checked(experiment, updates, message):
+    config = load_experiment(experiment).get_config()
+    for key, value in updates.items():
+        group, name = key.split(".")
+        config[group][name] = value
+    with pytest.raises(ConfigError, match=message):
+        validate(config)
+
+
+def test_a_workdir_without_a_classifier_is_named_with_what_to_do(tmp_path):
+    from diffjax.run.restore import NoClassifierError, restore_classifier
+
+    with pytest.raises(NoClassifierError, match=r"it has no config.json\): train one first"):
+        restore_classifier(str(tmp_path / "none"), None)
+    diffusion = tmp_path / "diffusion"
+    diffusion.mkdir()
+    (diffusion / "config.json").write_text(load_experiment("digits_ddpm").get_config().to_json())
+    with pytest.raises(NoClassifierError, match="holds a 'discrete' model .* not a noise-conditional classifier"):
+        restore_classifier(str(diffusion), None)
 
 
 def test_network_and_data_must_fit():

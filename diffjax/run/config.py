@@ -125,8 +125,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.diffusion.snr_gamma = 5.0
     config.diffusion.timestep_sampler = "uniform"
     # The model family: "discrete" (the T-step chain above: schedule ... timestep_sampler), "continuous"
-    # (diffusion/continuous.py: the keys below; the chain's keys are unused) or "naive" (diffusion/naive.py:
-    # pixels replaced by noise, naive_levels levels).
+    # (diffusion/continuous.py: the keys below; the chain's keys are unused), "naive" (diffusion/naive.py:
+    # pixels replaced by noise, naive_levels levels) or "classifier" (a noise-conditional classifier of
+    # data.num_classes classes, model.arch "classifier", trained on the chain's q(x_t | x_0) at uniform t:
+    # diffusion/noisy_classifier.py; it guides the others' samplers through sample.classifier_workdir).
     config.diffusion.family = "discrete"
     config.diffusion.process = "vp_linear"  # continuous: vp_linear, vp_cosine, edm, vdm
     config.diffusion.prediction = "eps"  # continuous: eps, x0, v, edm (Karras et al.'s c_skip/c_out/c_in)
@@ -174,7 +176,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.sample.solver_options = ml_collections.ConfigDict(dict(SOLVER_OPTION_DEFAULTS))  # stochastic solvers'
     config.sample.num = 64
     config.sample.clip_denoised = True
-    config.sample.guidance_weight = 0.0
+    config.sample.guidance_weight = 0.0  # classifier-free guidance w (a class-conditional model)
+    # Classifier guidance (Dhariwal & Nichol 2021): the scale s (0: off) and the workdir of a noise-conditional
+    # classifier trained with --mode=train of an experiment of family "classifier" (its EMA params are used).
+    config.sample.classifier_scale = 0.0
+    config.sample.classifier_workdir = ""
     config.sample.seed = 0  # --mode=sample: chunk j of the samples uses fold_in(PRNGKey(seed), j)
     config.sample.batch_size = 256  # --mode=sample: samples per compiled call (a multiple of the devices)
     # --mode=sample: also a grid of DDIM-latent interpolations (rows of slerps between two x_T, DDIM section 5);
@@ -219,7 +225,7 @@ def base_config() -> ml_collections.ConfigDict:
     return config
 
 
-FAMILIES = ("discrete", "continuous", "naive")
+FAMILIES = ("discrete", "continuous", "naive", "classifier")
 """``config.diffusion.family``."""
 
 
@@ -249,6 +255,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _validate_family(config)
     _one_of(config, "sample.method", ("ddpm", "ddim"))
     _validate_model(config)
+    _validate_classifier_model(config)
     try:
         check_fusions(config.runtime.xla_cpu_ynn_fusions)
     except ValueError as error:
@@ -278,10 +285,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(s.seed >= 0, "sample.seed", "must be non-negative")
     _require(config.data.num_classes >= 0, "data.num_classes", "must be non-negative")
     if s.guidance_weight != 0:
-        _require(config.data.num_classes > 0, "sample.guidance_weight", "guidance needs a class-conditional model (data.num_classes > 0)")
+        _require(config.data.num_classes > 0 and d.family != "classifier", "sample.guidance_weight",
+                 "classifier-free guidance needs a class-conditional model (data.num_classes > 0)")
+    _validate_classifier_guidance(config)
     choices = [("sample.steps" if not s.solver else "sample", SamplerChoice.from_settings(s))]
     choices += [("eval.sample_steps", SamplerChoice.from_settings(s, entry))
                 for entry in config.eval.sample_steps.replace(";", " ").split()]
+    if d.family == "classifier":  # trained and evaluated (accuracy), never sampled
+        choices = []
     for key, choice in choices:
         try:
             choice.check(d.timesteps, family=d.family)
@@ -338,6 +349,38 @@ def _validate_family(config: ml_collections.ConfigDict) -> None:
     if d.family != "discrete":
         _require(not config.eval.nll_chain, "eval.nll_chain",
                  "the discrete T-step bound applies to the discrete family only")
+
+
+def _validate_classifier_guidance(config: ml_collections.ConfigDict) -> None:
+    """``sample.classifier_scale`` and ``sample.classifier_workdir`` (whether the workdir holds a
+    classifier checkpoint is checked when it is restored, before anything compiles)."""
+    s, family = config.sample, config.diffusion.family
+    value = s.classifier_scale
+    _require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+             "sample.classifier_scale", f"must be a finite number, got {value!r}")
+    if value == 0:
+        return
+    _require(family in ("discrete", "continuous"), "sample.classifier_scale",
+             f"classifier guidance steers a Gaussian diffusion model's sampler, not a {family!r} model")
+    _require(bool(s.classifier_workdir), "sample.classifier_workdir",
+             "classifier guidance (sample.classifier_scale != 0) needs the workdir of a trained noise-conditional "
+             "classifier, e.g. --config.sample.classifier_workdir=runs/digits_classifier (train one with "
+             "experiments/digits_classifier.py)")
+
+
+def _validate_classifier_model(config: ml_collections.ConfigDict) -> None:
+    """A classifier experiment: the classifier network, labels, no label dropout; and only there."""
+    d, m = config.diffusion, config.model
+    if d.family != "classifier":
+        _require(m.arch != "classifier", "model.arch",
+                 "the 'classifier' network is trained by an experiment of diffusion.family 'classifier'")
+        return
+    _require(m.arch == "classifier", "model.arch",
+             f"a classifier experiment (diffusion.family 'classifier') trains the 'classifier' network, not {m.arch!r}")
+    _require(config.data.num_classes > 0, "data.num_classes", "a classifier needs labelled data (num_classes > 0)")
+    _require(m.class_dropout == 0, "model.class_dropout", "a classifier's labels are its targets: they are never dropped")
+    _require(not config.eval.elbo and not config.eval.ode_nll and not config.eval.nll_chain, "eval",
+             "a classifier has no likelihood bound (eval.elbo, eval.ode_nll, eval.nll_chain)")
 
 
 def _validate_ode_nll(e: ml_collections.ConfigDict) -> None:
@@ -433,7 +476,7 @@ def _validate_unet(config: ml_collections.ConfigDict) -> None:
         bad = [w for w in widths if w % m.num_head_channels]
         _require(not bad, "model.num_head_channels", f"{m.num_head_channels} does not divide the attention "
                  f"widths {bad} (model.channels x model.channel_mult)")
-    for key in ("use_scale_shift_norm", "resblock_updown", "conv_resample"):
+    for key in [k for k in ("use_scale_shift_norm", "resblock_updown", "conv_resample") if k in m]:
         _require(isinstance(m[key], bool), f"model.{key}", f"must be True or False, got {m[key]!r}")
     _one_of(config, "model.downsample_padding", DOWNSAMPLE_PADDINGS)
     _int_at_least(config, "model.norm_groups", 1)

@@ -20,7 +20,11 @@ writes, under ``workdir/eval/``, each bound that applies to the run's model fami
   ``config.eval.ode_num_examples``), with ``ode_probes`` Rademacher probes, tolerances
   ``ode_rtol`` / ``ode_atol`` and ``ode_seed`` (see ``diffjax.evaluation.ode_nll``); its mean
   NFE per batch and the standard error over examples.
-* ``sample_quality.json`` (every family): for each entry of ``config.eval.sample_steps`` (default: the
+* ``classifier.json`` (a noise-conditional classifier, family "classifier", instead of all the
+  others): its accuracy on the evaluation split per band of noise levels, ``config.eval.elbo_draws``
+  noisy copies per example and band, from ``config.eval.nll_seed``
+  (``diffjax.evaluation.classifier_accuracy``).
+* ``sample_quality.json`` (every diffusion family): for each entry of ``config.eval.sample_steps`` (default: the
   choice of ``config.sample``), ``config.eval.num_samples`` samples from the EMA params,
   every entry starting from the same x_T, scored by the data's metric
   (``diffjax.run.scorers``), plus ``samples_<entry>.png`` pictures of the first ones. An
@@ -46,6 +50,7 @@ from absl import logging
 
 from diffjax.data.errors import UnknownDatasetError
 from diffjax.diffusion.schedules import Schedule
+from diffjax.evaluation.classifier_accuracy import accuracy_by_band, write_classifier_json
 from diffjax.evaluation.elbo import elbo_of_params, write_elbo_json
 from diffjax.evaluation.nll import nll_of_state, write_nll_json
 from diffjax.evaluation.ode_nll import first_examples, ode_nll_of_params, write_ode_nll_json
@@ -161,7 +166,9 @@ def evaluate(
 
     Returns:
       ``{"checkpoint_step": n, "nll": nll.json's record or None, "elbo": elbo.json's record or None,
-      "ode_nll": ode_nll.json's record or None, "sample_quality": sample_quality.json's record or None}``.
+      "ode_nll": ode_nll.json's record or None, "sample_quality": sample_quality.json's record or None}``;
+      for a classifier ``{"checkpoint_step": n, "classifier": classifier.json's record or None}`` (and the
+      others None).
 
     Raises:
       NoCheckpointError: the workdir has no checkpoint (nothing is created in it).
@@ -172,6 +179,7 @@ def evaluate(
     mesh = mesh or make_mesh()
     is_main = jax.process_index() == 0
     e = config.eval
+    compute_samples = compute_samples and model_family(recipe.diffusion) != "classifier"
     # Before the checkpoint and the NLL, so that a missing weights file fails at once.
     scorer = sample_scorer(config, e.num_samples, feature_cache_dir, mesh) if compute_samples else None
     if compute_samples and scorer is None:
@@ -187,6 +195,18 @@ def evaluate(
         "checkpoint_step": checkpoint_step, "nll": None, "elbo": None, "ode_nll": None, "sample_quality": None,
     }
     family = model_family(recipe.diffusion)
+    if family == "classifier":  # a noise-conditional classifier: its accuracy per band of noise levels
+        result["classifier"] = None
+        if recipe.eval_batches is not None:
+            started = time.perf_counter()
+            accuracy = accuracy_by_band(recipe, params, mesh, recipe.eval_batches(), seed=e.nll_seed,
+                                        draws=e.elbo_draws)
+            extra = {"checkpoint_step": checkpoint_step, "params": params_name, "data": config.data.name,
+                     "split": _eval_split_name(config, None), "seconds": time.perf_counter() - started}
+            result["classifier"] = {**extra, **accuracy}
+            if is_main:
+                write_classifier_json(accuracy, os.path.join(eval_dir, "classifier.json"), **extra)
+        return result
     bounds = compute_nll and recipe.eval_batches is not None
     for asked, name in ((e.elbo, "eval.elbo"), (e.ode_nll, "eval.ode_nll")):
         if bounds and asked and family not in GAUSSIAN_FAMILIES:

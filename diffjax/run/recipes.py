@@ -16,6 +16,7 @@ from diffjax.data.toy2d import sample as sample_toy
 from diffjax.diffusion.continuous import ContinuousDiffusion
 from diffjax.diffusion.losses import Objective
 from diffjax.diffusion.naive import NaiveDiffusion
+from diffjax.diffusion.noisy_classifier import NoisyClassification
 from diffjax.diffusion.parameterization import DiffusionSpec
 from diffjax.diffusion.schedules import named_schedule
 from diffjax.diffusion.timesteps import make_timestep_sampler
@@ -40,12 +41,15 @@ def schedule_module(diffusion_config: ml_collections.ConfigDict) -> nn.Module | 
                             learn_endpoints=c.learn_endpoints)
 
 
-def diffusion_from_config(diffusion_config: ml_collections.ConfigDict, discrete_data: bool = True
-                          ) -> Diffusion | ContinuousDiffusion | NaiveDiffusion:
+def diffusion_from_config(diffusion_config: ml_collections.ConfigDict, discrete_data: bool = True,
+                          num_classes: int = 0) -> Diffusion | ContinuousDiffusion | NaiveDiffusion | NoisyClassification:
     """Build what ``config.diffusion`` describes: the discrete chain's ``Diffusion``, a
-    ``ContinuousDiffusion`` or a ``NaiveDiffusion`` (``diffusion.family``). ``discrete_data``:
-    8-bit images (False for the 2-D toys; VDM's reconstruction term depends on it)."""
+    ``ContinuousDiffusion``, a ``NaiveDiffusion`` or a classifier's ``NoisyClassification`` of
+    ``num_classes`` classes on the chain (``diffusion.family``). ``discrete_data``: 8-bit images
+    (False for the 2-D toys; VDM's reconstruction term depends on it)."""
     c = diffusion_config
+    if c.family == "classifier":
+        return NoisyClassification(schedule=named_schedule(c.schedule, c.timesteps), num_classes=num_classes)
     if c.family == "naive":
         return NaiveDiffusion(num_levels=c.naive_levels)
     if c.family == "continuous":
@@ -97,7 +101,7 @@ def image_recipe(config: ml_collections.ConfigDict, model: nn.Module) -> Recipe:
     return Recipe(
         model=model,
         input_shape=(data.image_size, data.image_size, data.channels),
-        diffusion=diffusion_from_config(config.diffusion),
+        diffusion=diffusion_from_config(config.diffusion, num_classes=data.num_classes),
         rescale_timesteps=config.model.rescale_timesteps,
         train_batches=train_batches,
         save_samples=save_image_grid,
@@ -137,7 +141,12 @@ def network_from_config(config: ml_collections.ConfigDict) -> nn.Module:
     width the data and the diffusion imply (C, or 2C when ``config.diffusion.var_type`` is
     learned or learned_range for the discrete chain). ``config.model.fourier_features`` wraps it
     in ``FourierInput``; a learned VDM schedule is held with the network in a
-    ``ScheduledDenoiser`` (params ``network`` and ``schedule``)."""
+    ``ScheduledDenoiser`` (params ``network`` and ``schedule``). A ``classifier`` (a noise-conditional
+    classifier) outputs ``config.data.num_classes`` logits."""
+    hyper = network_hyperparameters(config.model)
+    if config.model.arch == "classifier":  # logits of the data's classes; labels are its targets, not inputs
+        return make_network("classifier", out_channels=config.data.num_classes, dtype=jnp.dtype(config.model.dtype),
+                            **hyper)
     spec = DiffusionSpec(config.diffusion.mean_type, config.diffusion.var_type)
     channels = config.data.channels
     network = make_network(
@@ -145,7 +154,7 @@ def network_from_config(config: ml_collections.ConfigDict) -> nn.Module:
         out_channels=spec.output_channels(channels) if config.diffusion.family == "discrete" else channels,
         num_classes=config.data.num_classes or None,
         dtype=jnp.dtype(config.model.dtype),
-        **network_hyperparameters(config.model),
+        **hyper,
     )
     if config.model.fourier_features:
         network = FourierInput(network=network)

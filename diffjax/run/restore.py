@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 import ml_collections
 
+from diffjax.errors import UserError
 from diffjax.runtime.checkpoint import Checkpointer
 from diffjax.runtime.recipe import Recipe
+from diffjax.runtime.sampling import GuidanceClassifier
 from diffjax.train.loop import abstract_train_state
 from diffjax.train.optim import make_optimizer
 
-__all__ = ["chosen_params", "restore_experiment", "restore_train_state"]
+__all__ = ["NoClassifierError", "chosen_params", "restore_classifier", "restore_experiment", "restore_train_state"]
 
 
 def restore_train_state(config: ml_collections.ConfigDict, workdir: str, recipe: Recipe, mesh,
@@ -48,3 +51,39 @@ def restore_experiment(experiment: str, workdir: str, mesh, *, use_ema: bool = T
     recipe = build_recipe(module, config)
     params, _ = chosen_params(restore_train_state(config, workdir, recipe, mesh), use_ema)
     return config, recipe, params
+
+
+class NoClassifierError(UserError, FileNotFoundError):
+    """The workdir given for classifier guidance holds no trained noise-conditional classifier."""
+
+
+def restore_classifier(workdir: str, mesh, step: int | None = None) -> GuidanceClassifier:
+    """The noise-conditional classifier trained in ``workdir`` (its ``config.json`` and the EMA
+    params of its checkpoint ``step``, default the latest), for classifier guidance.
+
+    Raises:
+      NoClassifierError: ``workdir`` has no ``config.json``, or it is not a classifier's.
+      NoCheckpointError, CheckpointDamagedError, CheckpointMismatchError: as ``restore_train_state``.
+    """
+    from diffjax.run.experiments import build_recipe, load_experiment
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise NoClassifierError(
+            f"no classifier in {workdir} (it has no config.json): train one first, e.g. python launch.py "
+            f"--config experiments/digits_classifier.py --workdir {workdir}"
+        )
+    with open(path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    family = config.diffusion.family
+    if family != "classifier":
+        raise NoClassifierError(f"{workdir} holds a {family!r} model (experiment {config.experiment!r}), not a "
+                                "noise-conditional classifier (diffusion.family 'classifier')")
+    try:
+        module = load_experiment(config.experiment)
+    except FileNotFoundError:
+        module = None  # its experiment file is gone: the default recipe of the recorded config
+    recipe = build_recipe(module, config)
+    state = restore_train_state(config, workdir, recipe, mesh, step)
+    return GuidanceClassifier(model=recipe.model, params=state.ema_params, num_classes=config.data.num_classes,
+                              input_shape=tuple(recipe.input_shape), workdir=workdir)

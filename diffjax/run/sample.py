@@ -18,6 +18,11 @@ deterministic sampler (DDIM with eta = 0 or a deterministic solver).
 Samples are drawn in chunks of ``config.sample.batch_size`` (a multiple of the device
 count), chunk j from ``fold_in(PRNGKey(sample.seed), j)`` and split over the devices, so
 the result depends on the seed and the chunk size, not on N or on how many devices run it.
+
+Guidance: ``--config.sample.guidance_weight=W`` (classifier-free, a conditional model) and
+``--config.sample.classifier_scale=S --config.sample.classifier_workdir=DIR`` (classifier guidance by
+the noise-conditional classifier trained in DIR, e.g. by experiments/digits_classifier.py; the
+model may be unconditional). Samples are drawn for the labels 0, 1, 2, ... cycling.
 """
 
 from __future__ import annotations
@@ -36,9 +41,9 @@ from jax.sharding import Mesh
 from diffjax.data.pictures import save_image_grid, to_uint8
 from diffjax.diffusion.latent import slerp
 from diffjax.errors import ConfigError, UserError
-from diffjax.run.restore import chosen_params, restore_train_state
+from diffjax.run.restore import chosen_params, restore_classifier, restore_train_state
 from diffjax.runtime.mesh import make_mesh
-from diffjax.runtime.sampling import SamplerChoice, make_sampler
+from diffjax.runtime.sampling import GuidanceClassifier, SamplerChoice, make_sampler
 
 __all__ = [
     "GRID_SIZE", "OutputNotWritableError", "ensure_writable", "generate", "generate_samples", "sample_tag",
@@ -59,6 +64,7 @@ def sample_tag(sample_config: ml_collections.ConfigDict, params_name: str, check
         method = f"ddim_eta{s.eta:g}" if s.method == "ddim" else s.method
         sampler = f"{method}_{s.steps or 'full'}"
     guidance = f"_w{s.guidance_weight:g}" if s.guidance_weight else ""
+    guidance += f"_cls{s.classifier_scale:g}" if s.classifier_scale else ""
     return f"step{checkpoint_step}_{params_name}_{sampler}{guidance}_n{s.num}_seed{s.seed}"
 
 
@@ -90,6 +96,7 @@ def generate_samples(
     checkpoint_step: int,
     params_name: str = "ema",
     progress: bool = True,
+    classifier: GuidanceClassifier | None = None,
 ) -> dict[str, Any]:
     """Draw ``sample_config.num`` samples and write them under ``out_dir`` (process 0 writes).
 
@@ -103,6 +110,7 @@ def generate_samples(
       checkpoint_step: recorded in the file names and metadata.
       params_name: "ema" or "raw", recorded likewise.
       progress: print a line per chunk.
+      classifier: the classifier of classifier guidance (``sample_config.classifier_scale`` != 0).
 
     Returns:
       The metadata written to ``<tag>.json``, with the ``npz`` path.
@@ -120,9 +128,10 @@ def generate_samples(
             raise ConfigError("config.sample.interpolation_rows: interpolation grids are for image data")
     if jax.process_index() == 0:
         ensure_writable(out_dir)  # fail now, not after sampling
-    draw = make_sampler(recipe, mesh, num_samples=s.batch_size, choice=choice)
+    draw = make_sampler(recipe, mesh, num_samples=s.batch_size, choice=choice, classifier=classifier)
     root = jax.random.PRNGKey(s.seed)
-    conditional = recipe.num_classes > 0
+    num_labels = recipe.num_classes or (classifier.num_classes if choice.classifier_scale else 0)
+    conditional = num_labels > 0  # labels of a conditional model, or the targets of classifier guidance
     chunks, label_chunks = [], []
     started = time.perf_counter()
     num_chunks = -(-s.num // s.batch_size)
@@ -130,7 +139,7 @@ def generate_samples(
         labels = None
         if conditional:
             first = index * s.batch_size
-            labels = np.arange(first, first + s.batch_size) % recipe.num_classes
+            labels = np.arange(first, first + s.batch_size) % num_labels
             label_chunks.append(labels)
         chunks.append(draw(params, jax.random.fold_in(root, index), labels))
         if progress and jax.process_index() == 0:
@@ -145,6 +154,7 @@ def generate_samples(
         "num": s.num,
         "batch_size": s.batch_size,
         "seed": s.seed,
+        "classifier_workdir": classifier.workdir if choice.classifier_scale else "",
         "devices": devices,
         "seconds": time.perf_counter() - started,
     }
@@ -154,7 +164,7 @@ def generate_samples(
     if s.interpolation_rows:
         metadata["interpolation"] = write_interpolation(
             recipe, params, choice, mesh, os.path.join(out_dir, tag + "_interpolation"),
-            rows=s.interpolation_rows, columns=s.interpolation_columns, seed=s.seed,
+            rows=s.interpolation_rows, columns=s.interpolation_columns, seed=s.seed, classifier=classifier,
         )
     if jax.process_index() == 0:
         arrays = {"samples": samples, "images": to_uint8(samples)}
@@ -171,20 +181,21 @@ def generate_samples(
 
 
 def write_interpolation(recipe, params: Any, choice: SamplerChoice, mesh: Mesh, stem: str, *, rows: int,
-                        columns: int, seed: int) -> dict[str, Any]:
+                        columns: int, seed: int, classifier: GuidanceClassifier | None = None) -> dict[str, Any]:
     """Decode slerps between pairs of x_T: ``stem``.png (one row per pair) and ``stem``.npz.
 
     Row r interpolates between x_T^a_r and x_T^b_r (both N(0, I), from ``seed``) at the
-    fractions linspace(0, 1, ``columns``); conditional models use class r mod num_classes
-    for the whole row. Returns the record's entry (paths, fractions)."""
+    fractions linspace(0, 1, ``columns``); conditional (or classifier-guided) models use class
+    r mod num_classes for the whole row. Returns the record's entry (paths, fractions)."""
     key_a, key_b = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), 2**30))
     shape = (rows, *recipe.input_shape)
     x_a, x_b = (jax.random.normal(k, shape, jax.numpy.float32) for k in (key_a, key_b))
     fractions = np.linspace(0.0, 1.0, columns, dtype=np.float32)
     latents = np.asarray(slerp(x_a, x_b, fractions))  # [F, R, ...]
     latents = np.swapaxes(latents, 0, 1).reshape(rows * columns, *recipe.input_shape)  # row-major: pair, fraction
-    draw = make_sampler(recipe, mesh, num_samples=rows * columns, choice=choice)
-    labels = np.repeat(np.arange(rows) % max(recipe.num_classes, 1), columns) if recipe.num_classes else None
+    draw = make_sampler(recipe, mesh, num_samples=rows * columns, choice=choice, classifier=classifier)
+    num_labels = recipe.num_classes or (classifier.num_classes if choice.classifier_scale else 0)
+    labels = np.repeat(np.arange(rows) % num_labels, columns) if num_labels else None
     samples = draw(params, key_a, labels, x_T=latents, standard_x_T=True).astype(np.float32)
     if jax.process_index() == 0:
         save_image_grid(samples, stem + ".png", columns=columns)
@@ -199,8 +210,11 @@ def generate(config: ml_collections.ConfigDict, workdir: str, recipe, *, step: i
     and both before anything is sampled."""
     mesh = mesh or make_mesh()
     state = restore_train_state(config, workdir, recipe, mesh, step)
+    classifier = None
+    if config.sample.classifier_scale:
+        classifier = restore_classifier(config.sample.classifier_workdir, mesh)
     params, params_name = chosen_params(state, use_ema)
     return generate_samples(
         recipe, params, config.sample, mesh, os.path.join(workdir, "samples"),
-        checkpoint_step=int(state.step), params_name=params_name,
+        checkpoint_step=int(state.step), params_name=params_name, classifier=classifier,
     )

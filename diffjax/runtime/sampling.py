@@ -29,14 +29,19 @@ from jax.sharding import Mesh
 
 from diffjax.diffusion import solvers, time_grids
 from diffjax.diffusion.continuous import ContinuousDiffusion
+from diffjax.diffusion.guidance import classifier_guided_x0
 from diffjax.diffusion.naive import NaiveDiffusion
+from diffjax.diffusion.noisy_classifier import NoisyClassification, chain_grad_fn, classifier_log_prob, process_grad_fn
 from diffjax.diffusion.processes import NoiseProcess, discrete_process
 from diffjax.diffusion.samplers import classifier_free_guidance, sample
 from diffjax.diffusion.schedules import Schedule, respace
 from diffjax.models.denoiser import make_denoise_fn
 from diffjax.runtime.mesh import data_sharding, replicated_sharding
 
-__all__ = ["GRID_NAMES", "SOLVER_OPTION_DEFAULTS", "SamplerChoice", "make_sampler", "model_family", "solver_grid"]
+__all__ = [
+    "GRID_NAMES", "SOLVER_OPTION_DEFAULTS", "GuidanceClassifier", "SamplerChoice", "make_sampler", "model_family",
+    "solver_grid",
+]
 
 SOLVER_OPTION_DEFAULTS = {
     "eta": 1.0, "s_churn": 0.0, "s_tmin": 0.0, "s_tmax": math.inf, "s_noise": 1.0, "snr": 0.16,
@@ -70,6 +75,7 @@ class SamplerChoice:
       dynamic_threshold: > 0: Imagen's dynamic thresholding at this percentile instead of
         clipping (solvers only).
       guidance_weight: classifier-free guidance w (conditional models).
+      classifier_scale: classifier guidance s (0: off; needs a ``GuidanceClassifier``).
       grid: a name of ``GRID_NAMES`` (solvers only).
       rho: the Karras grid's rho.
       solver_options: (name, value) pairs of ``SOLVER_OPTION_DEFAULTS`` (solvers only).
@@ -82,6 +88,7 @@ class SamplerChoice:
     clip_denoised: bool = True
     dynamic_threshold: float = 0.0
     guidance_weight: float = 0.0
+    classifier_scale: float = 0.0
     grid: str = "uniform_log_snr"
     rho: float = 7.0
     solver_options: tuple[tuple[str, float], ...] = tuple(SOLVER_OPTION_DEFAULTS.items())
@@ -98,7 +105,8 @@ class SamplerChoice:
         choice = cls(
             solver=s["solver"], steps=str(s["steps"]), method=s["method"], eta=float(s["eta"]),
             clip_denoised=bool(s["clip_denoised"]), dynamic_threshold=float(s["dynamic_threshold"]),
-            guidance_weight=float(s["guidance_weight"]), grid=s["grid"], rho=float(s["rho"]),
+            guidance_weight=float(s["guidance_weight"]), classifier_scale=float(s.get("classifier_scale", 0.0)),
+            grid=s["grid"], rho=float(s["rho"]),
             solver_options=tuple(sorted((k, float(v)) for k, v in options.items())),
         )
         if entry is None:
@@ -112,6 +120,11 @@ class SamplerChoice:
     def check(self, num_timesteps: int | None, family: str = "discrete") -> None:
         """Raise ``ValueError`` naming what is wrong for a model of ``family`` ("discrete":
         trained on T = ``num_timesteps``; "continuous"; "naive")."""
+        if family in ("naive", "classifier") and self.classifier_scale:
+            raise ValueError(f"classifier guidance steers a Gaussian diffusion model's sampler, not a {family} model")
+        if family == "classifier":
+            raise ValueError("a noise-conditional classifier draws no samples: it guides a diffusion model's sampler "
+                             "(sample.classifier_workdir and sample.classifier_scale of that model's command)")
         if family == "naive":
             if self.solver:
                 raise ValueError(f"naive diffusion has its own iterative sampler, not the solver {self.solver!r}: "
@@ -175,7 +188,8 @@ class SamplerChoice:
 
     def settings(self) -> dict[str, Any]:
         """The settings that made the samples, for the records next to them."""
-        common = {"label": self.label, "clip_denoised": self.clip_denoised, "guidance_weight": self.guidance_weight}
+        common = {"label": self.label, "clip_denoised": self.clip_denoised, "guidance_weight": self.guidance_weight,
+                  "classifier_scale": self.classifier_scale}
         if not self.solver:
             return {**common, "sampler": "chain", "method": self.method, "steps": self.steps, "eta": self.eta}
         return {**common, "sampler": "solver", "solver": self.solver, "steps": int(self.steps), "grid": self.grid,
@@ -192,13 +206,37 @@ def _accepted_options(solver: str, options: Mapping[str, float]) -> dict[str, fl
     return {k: v for k, v in options.items() if k in parameters and k not in bound}
 
 
+@dataclasses.dataclass(frozen=True)
+class GuidanceClassifier:
+    """A trained noise-conditional classifier p_phi(y | x_t), for ``make_sampler``'s classifier
+    guidance (``run.restore.restore_classifier`` loads one from its workdir).
+
+    Attributes:
+      model: the Flax classifier (``models.classifier.NoisyClassifier``): logits [B, K] of the
+        variance-preserving state and ``continuous.noise_conditioning(log_snr)``.
+      params: its params (the EMA ones), replicated over the mesh.
+      num_classes: K.
+      input_shape: one example's shape, as it was trained.
+      workdir: where it was restored from, recorded with the samples ("" if not from one).
+    """
+
+    model: Any
+    params: Any
+    num_classes: int
+    input_shape: tuple[int, ...]
+    workdir: str = ""
+
+
 def model_family(diffusion) -> str:
     """"discrete" (a ``runtime.recipe.Diffusion``: a chain), "continuous"
-    (``diffusion.continuous.ContinuousDiffusion``) or "naive" (``diffusion.naive.NaiveDiffusion``)."""
+    (``diffusion.continuous.ContinuousDiffusion``), "naive" (``diffusion.naive.NaiveDiffusion``) or
+    "classifier" (``diffusion.noisy_classifier.NoisyClassification``)."""
     if isinstance(diffusion, ContinuousDiffusion):
         return "continuous"
     if isinstance(diffusion, NaiveDiffusion):
         return "naive"
+    if isinstance(diffusion, NoisyClassification):
+        return "classifier"
     return "discrete"
 
 
@@ -217,7 +255,8 @@ def solver_grid(choice: SamplerChoice, model: Schedule | NoiseProcess) -> jax.Ar
     return time_grids.GRIDS[choice.grid](process, num_steps)
 
 
-def make_sampler(recipe, mesh: Mesh, *, num_samples: int, choice: SamplerChoice) -> Callable[..., np.ndarray]:
+def make_sampler(recipe, mesh: Mesh, *, num_samples: int, choice: SamplerChoice,
+                 classifier: GuidanceClassifier | None = None) -> Callable[..., np.ndarray]:
     """A compiled ``draw(params, key, labels=None) -> samples`` (numpy [N, *input_shape]).
 
     The discrete chain (``choice.solver == ""``) is the recipe's schedule respaced by
@@ -231,6 +270,14 @@ def make_sampler(recipe, mesh: Mesh, *, num_samples: int, choice: SamplerChoice)
     ``data`` (N is rounded up to a multiple of the device count and cut back).
     Class-conditional models get ``labels`` (int32 [N]; default 0, 1, 2, ... cycling).
 
+    Classifier guidance (``choice.classifier_scale`` = s != 0, with ``classifier``) steers the
+    sampler toward ``labels`` (the same default), for a conditional or an unconditional model:
+    the chain's ancestral step by Algorithm 1 (mean + s Sigma grad log p_phi), DDIM and every
+    solver by Algorithm 2 (the data prediction, after clipping, shifted by s sigma^2 / alpha
+    grad log p_phi: ``diffusion.guidance``), the gradient taken by ``jax.grad`` inside the
+    compiled sampler, where the classifier reads the state as ``diffusion.noisy_classifier``
+    says. The classifier's params and s are arguments of the compiled function.
+
     The model family (``model_family(recipe.diffusion)``) decides what is allowed: a discrete
     model takes the chain or a solver; a continuous one (``ContinuousDiffusion``) only a solver,
     on its own process (``make_process(params)``; a learned VDM schedule's grid is made per call
@@ -243,10 +290,28 @@ def make_sampler(recipe, mesh: Mesh, *, num_samples: int, choice: SamplerChoice)
       mesh: the data mesh.
       num_samples: N.
       choice: how to sample (``SamplerChoice.from_settings(config.sample)``).
+      classifier: the classifier of classifier guidance (needed iff ``choice.classifier_scale``).
+
+    Raises:
+      ValueError: a choice the model cannot take, classifier guidance without a classifier, or a
+        classifier trained on other data; before anything is compiled.
     """
     diffusion = recipe.diffusion
     family = model_family(diffusion)
     choice.check(diffusion.schedule.num_timesteps if family == "discrete" else None, family=family)
+    class_guided = choice.classifier_scale != 0
+    if class_guided and classifier is None:
+        raise ValueError("classifier guidance (classifier_scale != 0) needs a trained noise-conditional classifier "
+                         "(sample.classifier_workdir)")
+    if class_guided and tuple(classifier.input_shape) != tuple(recipe.input_shape):
+        raise ValueError(f"the classifier was trained on data of shape {tuple(classifier.input_shape)}, the model on "
+                         f"{tuple(recipe.input_shape)}")
+    if class_guided and recipe.num_classes and classifier.num_classes != recipe.num_classes:
+        raise ValueError(f"the classifier knows {classifier.num_classes} classes, the conditional model "
+                         f"{recipe.num_classes}")
+    conditional = recipe.num_classes > 0
+    num_labels = recipe.num_classes if conditional else classifier.num_classes if class_guided else 0
+    log_prob = classifier_log_prob(classifier.model) if class_guided else None
     devices = mesh.devices.size
     padded = -(-num_samples // devices) * devices
     shape = (padded, *recipe.input_shape)
@@ -270,13 +335,24 @@ def make_sampler(recipe, mesh: Mesh, *, num_samples: int, choice: SamplerChoice)
             return solvers.dynamic_threshold(denoise_x0, choice.dynamic_threshold)
         return solvers.clip_x0(denoise_x0) if choice.clip_denoised else denoise_x0
 
+    def guide(denoise_x0, process, labels, classifier_args):
+        """The (finished) data prediction with Algorithm 2's classifier guidance when asked for."""
+        if not class_guided:
+            return denoise_x0
+        classifier_params, scale = classifier_args
+        return classifier_guided_x0(denoise_x0, process_grad_fn(log_prob, classifier_params, labels, process), scale,
+                                    process)
+
+    def model_cond(labels):
+        return labels if conditional else None
+
     grid_of_params = None
     if family == "naive":
         num_steps = choice.num_steps(diffusion)
 
-        def draw(params, key, labels, guidance_weight, x_T):
+        def draw(params, key, labels, guidance_weight, classifier_args, x_T):
             def predict(x, network_time):
-                return network(guidance_weight)(params, x, network_time, labels)
+                return network(guidance_weight)(params, x, network_time, model_cond(labels))
 
             return diffusion.sample(predict, x_T, num_steps)
 
@@ -284,7 +360,7 @@ def make_sampler(recipe, mesh: Mesh, *, num_samples: int, choice: SamplerChoice)
     elif family == "continuous":
         options = _accepted_options(choice.solver, dict(choice.solver_options))
 
-        def draw(params, key, labels, guidance_weight, x_T, drawn, grid, options):
+        def draw(params, key, labels, guidance_weight, classifier_args, x_T, drawn, grid, options):
             process = diffusion.make_process(params)
             # A drawn x_T ~ N(0, I) becomes the prior at grid[0], N(0, (alpha^2 + sigma^2) I): N(0, I) for a VP
             # process, sigma_max^2 + 1 for EDM's (ode_likelihood.prior_variance, the continuous bound's prior).
@@ -293,10 +369,11 @@ def make_sampler(recipe, mesh: Mesh, *, num_samples: int, choice: SamplerChoice)
 
             def denoise_x0(x, t):
                 t_batch = jnp.full((x.shape[0],), t, dtype=jnp.asarray(t).dtype)
-                return diffusion.predict_x0(network(guidance_weight), params, process, x, t_batch, labels)
+                return diffusion.predict_x0(network(guidance_weight), params, process, x, t_batch, model_cond(labels))
 
             step = functools.partial(solvers.SOLVERS[choice.solver], **options)
-            return solvers.solve(step, process, finish(denoise_x0), x_T, grid, key=jax.random.fold_in(key, 1),
+            guided_x0 = guide(finish(denoise_x0), process, labels, classifier_args)
+            return solvers.solve(step, process, guided_x0, x_T, grid, key=jax.random.fold_in(key, 1),
                                  denoise_to_zero=True)
 
         if diffusion.learned_schedule:  # the grid depends on the (EMA) schedule: made per call from params
@@ -309,20 +386,28 @@ def make_sampler(recipe, mesh: Mesh, *, num_samples: int, choice: SamplerChoice)
         process = discrete_process(schedule)
         options = _accepted_options(choice.solver, dict(choice.solver_options))
 
-        def draw(params, key, labels, guidance_weight, x_T, grid, options):
-            denoise_x0 = solvers.x0_predictor(network(guidance_weight), params, diffusion.spec, process, labels)
+        def draw(params, key, labels, guidance_weight, classifier_args, x_T, grid, options):
+            denoise_x0 = solvers.x0_predictor(network(guidance_weight), params, diffusion.spec, process,
+                                              model_cond(labels))
             step = functools.partial(solvers.SOLVERS[choice.solver], **options)
-            return solvers.solve(step, process, finish(denoise_x0), x_T, grid, key=jax.random.fold_in(key, 1),
+            guided_x0 = guide(finish(denoise_x0), process, labels, classifier_args)
+            return solvers.solve(step, process, guided_x0, x_T, grid, key=jax.random.fold_in(key, 1),
                                  denoise_to_zero=True)
 
         arguments = (solver_grid(choice, schedule), {k: jnp.float32(v) for k, v in options.items()})
     else:
         chain, _ = respace(schedule, choice.steps)
 
-        def draw(params, key, labels, guidance_weight, x_T, eta):
+        def draw(params, key, labels, guidance_weight, classifier_args, x_T, eta):
+            guidance = {}
+            if class_guided:
+                classifier_params, scale = classifier_args
+                guidance = dict(classifier_grad=chain_grad_fn(log_prob, classifier_params, labels, chain),
+                                classifier_scale=scale)
             return sample(
                 network(guidance_weight), params, chain, diffusion.spec, jax.random.fold_in(key, 1), shape,
-                labels, method=choice.method, eta=eta, clip_denoised=choice.clip_denoised, x_T=x_T,
+                model_cond(labels), method=choice.method, eta=eta, clip_denoised=choice.clip_denoised, x_T=x_T,
+                **guidance,
             )
 
         arguments = (jnp.float32(choice.eta),)
@@ -335,7 +420,8 @@ def make_sampler(recipe, mesh: Mesh, *, num_samples: int, choice: SamplerChoice)
         noise = jax.jit(lambda key: jax.random.normal(key, shape, jnp.float32), out_shardings=data_sharding(mesh))
     traced_names = () if family == "naive" else ("grid", "solver_options") if choice.solver else ("eta",)
 
-    def run(params, key, labels=None, *, x_T=None, standard_x_T=False, guidance_weight=None, **traced):
+    def run(params, key, labels=None, *, x_T=None, standard_x_T=False, guidance_weight=None, classifier_scale=None,
+            **traced):
         """Samples [N, *input_shape] of ``params`` from ``key`` (x_T drawn from it: the prior at the
         grid's first time, N(0, (alpha^2 + sigma^2) I), i.e. N(0, I) but for the variance-exploding
         process; or ``x_T`` [N, *input_shape] given: the state at the grid's first time, e.g. a
@@ -343,7 +429,9 @@ def make_sampler(recipe, mesh: Mesh, *, num_samples: int, choice: SamplerChoice)
         (e.g. slerps of two) that is scaled to the prior like a drawn one). The traced settings
         may be changed per call without recompiling: ``guidance_weight``, and ``grid``
         (float [K + 1]) and ``solver_options`` (a dict of the solver's options) for a solver,
-        ``eta`` for the chain; the others keep the values of ``choice``."""
+        ``eta`` for the chain; ``classifier_scale`` when built with a nonzero one; the others keep the
+        values of ``choice``. ``labels`` (int32 [N]) are the classes of a conditional model and the
+        targets of classifier guidance (default 0, 1, 2, ... cycling)."""
         unknown = set(traced) - set(traced_names)
         if unknown:
             raise TypeError(f"unknown traced settings {sorted(unknown)}; this sampler takes {traced_names}")
@@ -366,8 +454,17 @@ def make_sampler(recipe, mesh: Mesh, *, num_samples: int, choice: SamplerChoice)
             raise ValueError("this sampler was built without guidance (an unconditional model, or guidance_weight 0 "
                              "in its choice): build it with a nonzero guidance_weight to change the weight per call")
         weight = jnp.float32(choice.guidance_weight if guidance_weight is None else guidance_weight)
-        if recipe.num_classes > 0:
-            labels = np.arange(padded) % recipe.num_classes if labels is None else np.resize(np.asarray(labels), padded)
+        if classifier_scale is not None and not class_guided:
+            raise ValueError("this sampler was built without classifier guidance (classifier_scale 0 in its choice): "
+                             "build it with a nonzero classifier_scale and a classifier to change the scale per call")
+        classifier_args = None
+        if class_guided:
+            scale = choice.classifier_scale if classifier_scale is None else classifier_scale
+            classifier_args = (classifier.params, jnp.float32(scale))
+        if num_labels:
+            labels = np.arange(padded) % num_labels if labels is None else np.resize(np.asarray(labels), padded)
+            if labels.min() < 0 or labels.max() >= num_labels:
+                raise ValueError(f"labels must be classes in [0, {num_labels}), got {labels.min()}..{labels.max()}")
             labels = jax.device_put(jnp.asarray(labels, jnp.int32), replicated)
         else:
             labels = None
@@ -380,7 +477,8 @@ def make_sampler(recipe, mesh: Mesh, *, num_samples: int, choice: SamplerChoice)
             x_T = np.concatenate([np.asarray(x_T, np.float32), np.zeros((padded - num_samples, *x_T.shape[1:]), np.float32)])
             x_T = jax.device_put(x_T, data_sharding(mesh))
         given = () if family != "continuous" else (jnp.asarray(drawn),)
-        samples = compiled(params, key, labels, weight, x_T, *given, *(values[name] for name in traced_names))
+        samples = compiled(params, key, labels, weight, classifier_args, x_T, *given,
+                           *(values[name] for name in traced_names))
         if jax.process_count() > 1:
             samples = multihost_utils.process_allgather(samples, tiled=True)
         return np.asarray(samples)[:num_samples]

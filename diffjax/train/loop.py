@@ -19,7 +19,7 @@ from diffjax.models.denoiser import init_params
 from diffjax.runtime.checkpoint import Checkpointer, PreemptionFlag
 from diffjax.runtime.mesh import global_batch, make_mesh, replicated_sharding
 from diffjax.runtime.recipe import Recipe
-from diffjax.runtime.sampling import SamplerChoice, make_sampler
+from diffjax.runtime.sampling import SamplerChoice, make_sampler, model_family
 from diffjax.train.metrics import MetricsWriter
 from diffjax.train.optim import make_optimizer
 from diffjax.train.state import TrainState, init_train_state
@@ -123,7 +123,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, recipe: 
         state = init(jax.random.PRNGKey(train.seed))
 
     step_fn = make_train_step(recipe, optimizer, train.ema_decay, mesh)
-    draw = make_sampler(recipe, mesh, num_samples=config.sample.num, choice=SamplerChoice.from_settings(config.sample))
+    draw = None  # a classifier draws no samples
+    if model_family(recipe.diffusion) != "classifier":
+        draw = make_sampler(recipe, mesh, num_samples=config.sample.num, choice=SamplerChoice.from_settings(config.sample))
     outputs = _RunOutputs(workdir, config, start_step, is_main)
     preemption = PreemptionFlag()
     progress = tqdm(total=train.num_steps, initial=start_step, unit="step", dynamic_ncols=True, mininterval=1.0,
@@ -165,7 +167,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, recipe: 
             if saved:
                 check_finite_and_open(done)
                 checkpointer.save(done, state, force=True)
-            if done % train.sample_every == 0 or done == train.num_steps:
+            if draw is not None and (done % train.sample_every == 0 or done == train.num_steps):
                 check_finite_and_open(done)
                 samples = draw(state.ema_params, jax.random.fold_in(jax.random.PRNGKey(train.seed + 1), done))
                 if is_main:

@@ -13,6 +13,7 @@ from diffjax.diffusion.continuous import ContinuousDiffusion
 from diffjax.diffusion.gaussian import q_sample
 from diffjax.diffusion.losses import training_losses
 from diffjax.diffusion.naive import NaiveDiffusion
+from diffjax.diffusion.noisy_classifier import NoisyClassification
 from diffjax.models.denoiser import make_denoise_fn
 from diffjax.runtime.mesh import data_sharding, replicated_sharding
 from diffjax.runtime.recipe import Recipe
@@ -45,7 +46,8 @@ def train_step(
       ema_decay: EMA decay.
 
     Returns:
-      (new state, metrics of scalars: loss, grad_norm, finite, and mse, vb where defined).
+      (new state, metrics of scalars: loss, grad_norm, finite, and mse, vb, the continuous
+      bound's terms, a classifier's accuracy where defined).
     """
     diffusion = recipe.diffusion
     x0 = batch["image"]
@@ -58,7 +60,7 @@ def train_step(
         drop = jax.random.bernoulli(key_label, recipe.class_dropout, (batch_size,))
         cond = jnp.where(drop, recipe.num_classes, batch["label"]).astype(jnp.int32)
 
-    if isinstance(diffusion, (ContinuousDiffusion, NaiveDiffusion)):
+    if isinstance(diffusion, (ContinuousDiffusion, NaiveDiffusion, NoisyClassification)):  # their own losses
         def network(params, x, c_noise, labels):
             rngs = {"dropout": key_dropout}
             return recipe.model.apply({"params": params}, x, c_noise, labels, train=True, rngs=rngs)
@@ -106,7 +108,7 @@ def train_step(
         "grad_norm": grad_norm,
         "finite": finite.astype(jnp.float32),
     }
-    for name in ("mse", "vb", "diffusion", "prior", "reconstruction"):
+    for name in ("mse", "vb", "diffusion", "prior", "reconstruction", "accuracy"):
         if name in terms:
             metrics[name] = jnp.mean(terms[name])
     return new_state, metrics
