@@ -391,6 +391,9 @@ def render(results: dict) -> str:
         lines.append(f"| lowered-HLO count (`diffjax.runtime.flops`, while loops at trip count) | {fl['total'] / 1e12:.3f} TFLOP/step "
                      f"({fl['total'] / 1e9 / batch:.2f} GFLOP/image): convolutions {fl['conv'] / 1e12:.3f}, dots "
                      f"{fl['dot'] / 1e12:.3f}, elementwise {fl['elementwise'] / 1e12:.4f}, reductions {fl['reduce'] / 1e12:.4f} |")
+        calls = {k: v for k, v in fl.get("custom_calls", {}).items() if "Sharding" not in k}
+        lines.append("| custom calls in the lowered step (no FLOPs counted for them) | "
+                     + (", ".join(f"`{k}` x{v}" for k, v in calls.items()) or "none but sharding annotations") + " |")
     xla = _get(st, "jax_fp32", "xla_cost_flops")
     lines.append(f"| XLA's cost analysis of the compiled step on this device | {_f(xla / 1e12 if xla else None, '{:.3f}')} TFLOP "
                  f"({'XLA:CPU counts the convolutions' if backend == 'cpu' else 'misses the convolutions XLA hands to cuDNN'}) |")
