@@ -66,8 +66,8 @@ def markdown(table, seeds) -> str:
         fd_columns = " | ".join(f"FD seed {s}" for s in seeds)
         out += [f"## {METHOD_TITLES[method]}", "",
                 f"| {symbol} | {fd_columns} | FD mean | accuracy | p(requested) | confidence | classifier score | "
-                "predicted classes (seed 0) | s per 1000 |",
-                "|" + "---|" * (len(seeds) + 8)]
+                "predicted classes (seed 0) |",
+                "|" + "---|" * (len(seeds) + 7)]
         for scale in sorted(table[method]):
             by_seed = table[method][scale]
             fds = [f"{by_seed[s]['fd_digits_train']:.2f}" if s in by_seed else "-" for s in seeds]
@@ -80,8 +80,7 @@ def markdown(table, seeds) -> str:
                 f"| {scale:g} | {' | '.join(fds)} | {fd_mean:.2f} | {accuracy:.3f} ± {stderr:.3f} | "
                 f"{np.mean([r['requested_probability'] for r in present]):.3f} | "
                 f"{np.mean([r['mean_confidence'] for r in present]):.3f} | "
-                f"{np.mean([r['classifier_score'] for r in present]):.2f} | {' '.join(map(str, histogram))} | "
-                f"{np.mean([r['seconds'] for r in present]):.0f} |"
+                f"{np.mean([r['classifier_score'] for r in present]):.2f} | {' '.join(map(str, histogram))} |"
             )
         out.append("")
     return "\n".join(out)

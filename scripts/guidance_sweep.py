@@ -63,6 +63,9 @@ def main(argv=None):
     parser.add_argument("--classifier", required=True, help="workdir of experiments/digits_classifier.py")
     parser.add_argument("--out", required=True, help="folder of the results")
     parser.add_argument("--entry", default="ddim50", help="the sampler: a respacing of the chain or SOLVER:K[:GRID]")
+    parser.add_argument("--method", default="ddim", choices=("ddim", "ddpm"),
+                        help="the chain's step for a respacing entry: ddim (eta 0; Algorithm 2) or ddpm (ancestral; "
+                             "classifier guidance by Algorithm 1)")
     parser.add_argument("--weights", default="0 0.5 1 2 4")
     parser.add_argument("--scales", default="0 1 2 5 10")
     parser.add_argument("--methods", default="cfg classifier_uncond classifier_cond")
@@ -89,7 +92,7 @@ def main(argv=None):
             continue
         config, recipe, params = restore_experiment(experiment, workdir, mesh)
         scorer = sample_scorer(config, args.num_samples, None, mesh)
-        base = SamplerChoice.from_settings(config.sample, args.entry)
+        base = dataclasses.replace(SamplerChoice.from_settings(config.sample, args.entry), method=args.method)
         if method == "cfg":
             draw = make_sampler(recipe, mesh, num_samples=args.num_samples,
                                 choice=dataclasses.replace(base, guidance_weight=1.0))
@@ -101,7 +104,8 @@ def main(argv=None):
             traced = {"guidance_weight": scale} if method == "cfg" else {"classifier_scale": scale}
             samples = draw(params, key, labels, **traced).astype(np.float32)
             seconds = time.perf_counter() - started
-            row = {"method": method, "scale": scale, "entry": args.entry, "nfe": base.nfe(recipe.diffusion.schedule),
+            row = {"method": method, "scale": scale, "entry": args.entry, "chain_step": args.method,
+                   "nfe": base.nfe(recipe.diffusion.schedule),
                    "num_samples": args.num_samples, "seed": args.seed, "seconds": seconds,
                    "model": workdir, "classifier": args.classifier if method != "cfg" else "",
                    **scorer.score(samples), **label_metrics(net, samples, labels)}
