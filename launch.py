@@ -30,12 +30,13 @@ from ml_collections import config_flags
 
 from diffjax.errors import UserError
 from diffjax.models.summary import parameter_table
-from diffjax.run.config import validate
+from diffjax.run.config import validate, validate_backend
 from diffjax.run.evaluate import evaluate
 from diffjax.run.experiments import build_recipe, load_experiment
 from diffjax.run.sample import generate
 from diffjax.runtime import mesh
 from diffjax.runtime.xla_cpu import use_cpu_fusions
+from diffjax.runtime.xla_gpu import use_gpu_flags
 from diffjax.train import train_and_evaluate
 
 FLAGS = flags.FLAGS
@@ -120,13 +121,18 @@ def _run():
     config = FLAGS.config
     validate(config)  # the one validation of a run's config
     # XLA reads its flags when JAX starts its first backend, which nothing imported above
-    # does: set XLA:CPU's fusions now, before any array exists.
+    # does: set XLA:CPU's fusions and XLA:GPU's flags now, before any array exists (each
+    # backend reads only its own).
     use_cpu_fusions(config.runtime.xla_cpu_ynn_fusions)
+    use_gpu_flags(config.runtime.xla_gpu_flags)
     if FLAGS.compilation_cache:
         jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     mesh.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                                 force=FLAGS.distributed)
+    # JAX's backend is known from here on (asking starts it): refuse what it cannot run
+    # (cuDNN attention off a GPU) before any model is built or compiled.
+    validate_backend(config, jax.default_backend())
     experiment = load_experiment(config_flags.get_config_filename(FLAGS["config"]))
     recipe = build_recipe(experiment, config)
     if FLAGS.dry_run:

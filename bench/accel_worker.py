@@ -8,7 +8,10 @@
     python bench/accel_worker.py torch_sample --out FILE --case JSON --hyper JSON --sample-steps K --sample-batch B
 
 Unlike the CPU workers, nothing is pinned: JAX and torch use their default device (a GPU
-when one is there, else the CPU, as in ``--quick`` on a CPU-only machine). Every stage
+when one is there, else the CPU, as in ``--quick`` on a CPU-only machine). The JAX stages
+apply the case config's ``runtime.xla_gpu_flags`` as ``launch.py`` does, before JAX starts
+(``diffjax.runtime.xla_gpu``; an ``XLA_FLAGS`` setting of the same flag wins), and record the
+``XLA_FLAGS`` they ran with. Every stage
 rewrites its ``--out`` file after each part it finishes, so a stage killed at the
 benchmark's deadline still leaves what it measured. Times are medians of ``--reps`` after
 warm-up, each step ended by ``block_until_ready`` / ``torch.cuda.synchronize``.
@@ -39,6 +42,18 @@ class Progress:
         self.data.update(updates)
         self.data["elapsed_s"] = time.perf_counter() - T0
         write_result(self.path, self.data)
+
+
+def _use_case_gpu_flags(case: dict) -> str:
+    """``launch.py``'s ``use_gpu_flags`` for the case's ``config.runtime.xla_gpu_flags``: call
+    before JAX starts a backend. Returns the ``XLA_FLAGS`` the process runs with."""
+    from cases import build_config
+
+    from diffjax.runtime.xla_gpu import use_gpu_flags
+
+    _, config = build_config(case)
+    use_gpu_flags(config.runtime.xla_gpu_flags)
+    return os.environ.get("XLA_FLAGS", "")
 
 
 def _device_info() -> dict:
@@ -149,7 +164,8 @@ def task_jax_train(args, prog: Progress) -> None:
 
     _use_cache(args.cache_dir)
     case = json.loads(args.case)
-    prog.save(case=case, device=_device_info(), import_s=time.perf_counter() - T0)
+    prog.save(case=case, xla_flags=_use_case_gpu_flags(case))
+    prog.save(device=_device_info(), import_s=time.perf_counter() - T0)
     config, recipe, mesh, state, step = _state_and_step(case, args.init, prog)
     abstract_state = abstract_train_state(recipe, make_optimizer(config.train), mesh)
     start = time.perf_counter()
@@ -201,7 +217,8 @@ def task_jax_launch(args, prog: Progress) -> None:
 
     _use_cache(args.cache_dir)
     case = json.loads(args.case)
-    prog.save(case=case, device=_device_info(), import_s=time.perf_counter() - T0)
+    prog.save(case=case, xla_flags=_use_case_gpu_flags(case))
+    prog.save(device=_device_info(), import_s=time.perf_counter() - T0)
     config, recipe = _recipe(case)
     mesh = make_mesh(jax.devices()[:1])
     optimizer = make_optimizer(config.train)
@@ -233,7 +250,8 @@ def task_jax_sample(args, prog: Progress) -> None:
 
     _use_cache(args.cache_dir)
     case = json.loads(args.case)
-    prog.save(case=case, device=_device_info(), steps=args.sample_steps, batch=args.sample_batch)
+    prog.save(case=case, xla_flags=_use_case_gpu_flags(case))
+    prog.save(device=_device_info(), steps=args.sample_steps, batch=args.sample_batch)
     config, recipe, mesh, state, _ = _state_and_step(case, "fill", prog)
     params = state.params
     schedule, _ = respace(recipe.diffusion.schedule, f"ddim{args.sample_steps}")

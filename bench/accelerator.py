@@ -22,7 +22,16 @@ this order, so that a cut-off run has measured the most important ones first:
 6. ``jax_warm``: a second launch of the fp32 step with the filled cache;
 7. ``jax_sample`` and ``torch_sample``: 50-step DDIM at batch 128, diffjax's one-jit scan
    against diffusers' ``DDIMPipeline``, and one forward pass each;
-8. ``torch_compile``: the bf16 autocast step with ``torch.compile``, if the budget has room.
+8. ``torch_compile``: the bf16 autocast step with ``torch.compile``, if the budget has room;
+9. the options of issue #16 item 3, each the bf16 step of stage 5 with one change, cold
+   compiled (the change alters the program or XLA's flags, so nothing is in the cache):
+   ``jax_bf16_cudnn`` (``model.attention_implementation = "cudnn"``: cuDNN flash attention)
+   and ``jax_bf16_flags_<name>`` for each set of ``GPU_FLAG_SETS`` (``--gpu-flags``
+   replaces them; ``config.runtime.xla_gpu_flags``). They run only on a GPU backend (off
+   one they are skipped with a message: cuDNN attention cannot run, XLA:GPU flags change
+   nothing) and only while the budget lasts. To measure just them, skip the others:
+   ``--skip jax_fp32,torch_eager,jax_warm,jax_sample,torch_sample --no-torch-compile
+   --no-ahead`` (``--no-ahead`` so that stage 5 compiles cold too, like them).
 
 A stage starts only if the time left (``--budget-s``) exceeds its minimum, and is killed
 at the deadline; what it wrote before is kept. After every stage the results JSON and the
@@ -59,6 +68,47 @@ MIN_S = {"full": dict(peak=10, jax_fp32=60, torch_eager=20, jax_bf16=15, jax_war
                       torch_sample=10, torch_compile=45),
          "quick": dict(peak=0, jax_fp32=0, torch_eager=0, jax_bf16=0, jax_warm=0, jax_sample=0, torch_sample=0,
                        torch_compile=0)}
+# Stage 9: a cold compile of the bf16 step each (about 50 s for the fp32 step on an H200 in the
+# issue) plus the timed steps.
+OPTION_MIN_S = {"full": 70, "quick": 0}
+# XLA:GPU flag sets measured against the plain bf16 step, one stage each (``--gpu-flags``
+# "name=FLAGS;name=FLAGS" replaces them): without autotuning (compile time against step time),
+# NHWC cuDNN convolutions, the latency-hiding scheduler.
+GPU_FLAG_SETS = {
+    "autotune0": "--xla_gpu_autotune_level=0",
+    "nhwc": "--xla_gpu_force_conv_nhwc=true",
+    "lhs": "--xla_gpu_enable_latency_hiding_scheduler=true",
+}
+
+
+def parse_flag_sets(text: str | None) -> dict[str, str]:
+    """``--gpu-flags``: ``"name=--flag=v --flag=v;name=..."`` to ``{name: flags}`` (each set checked
+    against ``diffjax.runtime.xla_gpu``'s allow-list); None or "" gives ``GPU_FLAG_SETS``."""
+    if not text:
+        return dict(GPU_FLAG_SETS)  # checked by tests/test_bench_accelerator.py (no diffjax import here)
+    if REPO not in sys.path:  # diffjax not installed: the checkout this script is in
+        sys.path.append(REPO)
+    from diffjax.runtime.xla_gpu import parse_gpu_flags
+
+    sets = {}
+    for item in filter(None, (part.strip() for part in text.split(";"))):
+        name, sep, flags = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise ValueError(f"--gpu-flags: {item!r} is not NAME=FLAGS")
+        parse_gpu_flags(flags)
+        sets[name] = flags.strip()
+    return sets
+
+
+def option_cases(bf16: dict, flag_sets: dict[str, str]) -> dict[str, dict]:
+    """Stage 9's cases: the bf16 case with cuDNN attention, and with each XLA:GPU flag set."""
+    out = {"jax_bf16_cudnn": dict(bf16, label=bf16["label"] + ", cuDNN attention", variant="attention `cudnn`",
+                                  overrides=dict(bf16["overrides"], **{"model.attention_implementation": "cudnn"}))}
+    for name, flags in flag_sets.items():
+        out[f"jax_bf16_flags_{name}"] = dict(bf16, label=bf16["label"] + f", XLA flags {flags}",
+                                             variant=f"`{flags}`",
+                                             overrides=dict(bf16["overrides"], **{"runtime.xla_gpu_flags": flags}))
+    return out
 
 
 def cases(quick: bool, batch: int) -> dict[str, dict]:
@@ -177,6 +227,15 @@ class Stages:
                 proc.wait()
 
 
+def _backend_of(results: dict) -> str | None:
+    """JAX's backend as the stages that ran saw it (None if none reported it)."""
+    for stage in results.get("stages", {}).values():
+        backend = (stage.get("device") or {}).get("backend")
+        if backend:
+            return backend
+    return None
+
+
 def _hyper_of(results: dict) -> str | None:
     h = results.get("stages", {}).get("jax_fp32", {}).get("hyper")
     return json.dumps(h) if h else None
@@ -186,8 +245,11 @@ def run(args) -> dict:
     mode = "quick" if args.quick else "full"
     s = dict(SETTINGS[mode])
     budget = args.budget_s if args.budget_s else s["budget_s"]
-    mins = MIN_S[mode]
+    mins = dict(MIN_S[mode])
     the_cases = cases(args.quick, s["batch"])
+    options = option_cases(the_cases["bf16"], parse_flag_sets(getattr(args, "gpu_flags", None)))
+    the_cases.update(options)
+    mins.update({name: OPTION_MIN_S[mode] for name in options})
     t0 = time.monotonic()
     results: dict[str, Any] = {
         "meta": dict(date=datetime.datetime.now().isoformat(timespec="minutes"), quick=args.quick, budget_s=budget,
@@ -304,6 +366,23 @@ def run(args) -> dict:
                     f"{k} first step {v['first_step_s']:.0f} s, {1e3 * v['step']['median_s']:.1f} ms/step"
                     for k, v in r.get("modes", {}).items() if "step" in v))
             save()
+            for name, case in options.items():
+                backend = _backend_of(results)
+                if name in args.skip:
+                    allowed(name)  # records and prints the skip
+                elif backend != "gpu":
+                    why = ("cuDNN flash attention needs an NVIDIA GPU" if name == "jax_bf16_cudnn"
+                           else "XLA:GPU flags change nothing on another backend")
+                    results["stages"][name] = {"status": f"skipped: {why} (JAX backend {backend or 'unknown'})"}
+                    log(f"{name}: {results['stages'][name]['status']}")
+                    save()
+                elif allowed(name):
+                    r = results["stages"][name] = st.run(name, "jax_train", ["--case", json.dumps(case), "--cache-dir",
+                                                                           cache, "--init", "fill", *common])
+                    log(f"{name}: {r['status']}; compile {r.get('compile_s', float('nan')):.1f} s; "
+                        f"{1e3 * r.get('step', {}).get('median_s', float('nan')):.1f} ms/step; "
+                        f"XLA_FLAGS {r.get('xla_flags', '?')!r}")
+                    save()
         finally:
             st.kill_background()
     log(f"done in {time.monotonic() - t0:.0f} s; wrote {args.json}" + (f" and {args.tables}" if args.tables else ""))
@@ -434,6 +513,8 @@ def render(results: dict) -> str:
                  f"| {_f(100 * ts['overhead'] if 'overhead' in ts else None, '{:+.1f}')}% | |")
     lines.append("")
 
+    lines.extend(_render_options(results, bf16_s))
+
     v = meta.get("versions", {})
     lines.append(f"Versions: {', '.join(f'{a} {b}' for a, b in v.items())}. nvidia-smi: {meta.get('nvidia_smi') or 'n/a'}. "
                  f"Wall time of the run {meta.get('wall_s', 0):.0f} s (budget {meta['budget_s']:.0f} s).")
@@ -444,6 +525,34 @@ def render(results: dict) -> str:
     lines.append("")
     lines.append(END)
     return "\n".join(lines) + "\n"
+
+
+def _render_options(results: dict, bf16_s: float | None) -> list[str]:
+    """Stage 9's table: the bf16 step with each option against the plain bf16 step."""
+    st, batch = results["stages"], results["settings"]["batch"]
+    names = [n for n in results["cases"] if n.startswith("jax_bf16_") and n in st]
+    if not names:
+        return []
+    lines = [f"#### Options (issue #16 item 3): the bf16 step, batch {batch}, with one change", "",
+             "| variant | ms/step | img/s | time / plain bf16 | cold compile | cuDNN attention calls in the step | status |",
+             "|---|---|---|---|---|---|---|"]
+    plain = st.get("jax_bf16", {})
+    for name in ["jax_bf16", *names]:
+        r = st.get(name, {})
+        sec = _get(r, "step", "median_s")
+        calls = _get(r, "flops", "custom_calls") or {}
+        fmha = sum(v for k, v in calls.items() if "fmha" in k.lower())
+        label = ("plain bf16 (attention `xla`, XLA's default flags)" if name == "jax_bf16"
+                 else results["cases"][name]["variant"])
+        compile_note = " (cache filled ahead)" if name == "jax_bf16" and "ahead_bf16" in st else ""
+        lines.append(f"| {label} | {_f(1e3 * sec if sec else None)} | {_f(batch / sec if sec else None, '{:.0f}')} | "
+                     f"{_f(sec / bf16_s if sec and bf16_s else None, '{:.3f}')} | {_f(r.get('compile_s'))} s{compile_note} | "
+                     f"{fmha if r.get('flops') else 'n/a'} | {r.get('status', 'not run')} |")
+    if plain.get("xla_flags") is not None:
+        lines.append("")
+        lines.append(f"`XLA_FLAGS` of the plain bf16 step: `{plain.get('xla_flags') or '(none)'}`.")
+    lines.append("")
+    return lines
 
 
 def write_doc(path: str, results: dict) -> None:

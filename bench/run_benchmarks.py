@@ -167,6 +167,9 @@ def main() -> None:
                         help="--accelerator: compile the bf16 step and the sampler in the background while torch runs "
                              "(default: on in full runs, off in --quick)")
     parser.add_argument("--no-ahead", dest="ahead", action="store_false")
+    parser.add_argument("--gpu-flags", default=None,
+                        help="--accelerator: XLA:GPU flag sets to measure against the bf16 step, 'name=FLAGS;name=FLAGS' "
+                             "(default: accelerator.GPU_FLAG_SETS; flags from diffjax/runtime/xla_gpu.py's allow-list)")
     parser.add_argument("--report-only", metavar="JSON", default=None,
                         help="--accelerator: write the doc block from a saved results JSON, run nothing")
     parser.add_argument("--only", default="train,sampling,pipeline,compile",

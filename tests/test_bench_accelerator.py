@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(REPO, "bench")
 
@@ -33,6 +35,11 @@ def test_accelerator_quick_runs_end_to_end(tmp_path):
         assert stages[name]["complete"]
     for name in ("torch_eager", "torch_sample"):
         assert stages[name]["status"] == "skipped" and "not importable" in stages[name]["skipped"]
+    # The options of #16 item 3 need a GPU: on the CPU they are skipped with the reason, never run.
+    assert stages["jax_bf16_cudnn"]["status"] == "skipped: cuDNN flash attention needs an NVIDIA GPU (JAX backend cpu)"
+    for name in ("jax_bf16_flags_autotune0", "jax_bf16_flags_nhwc", "jax_bf16_flags_lhs"):
+        assert stages[name]["status"].startswith("skipped: XLA:GPU flags change nothing"), name
+    assert stages["jax_bf16"]["xla_flags"] == env["XLA_FLAGS"]  # no GPU flags in the plain case
     # Each stage printed as it finished, in order.
     printed = [line.split("] ", 1)[1].split(":")[0] for line in proc.stdout.splitlines() if line.startswith("[")]
     assert printed[1:7] == ["peak", "jax_fp32", "torch_eager", "jax_bf16", "jax_warm", "jax_sample"]
@@ -43,6 +50,7 @@ def test_accelerator_quick_runs_end_to_end(tmp_path):
     assert stages["jax_sample"]["run"]["median_s"] > 0
     tables = (tmp_path / "acc_tables.md").read_text()
     assert "#### Train step, batch 4" in tables and "quick check" in tables
+    assert "| attention `cudnn` | n/a | n/a | n/a | n/a s | n/a | skipped: cuDNN flash attention" in tables
     with open(doc) as f:
         assert f.read() == doc_before  # a --quick run never writes the doc
 
@@ -64,6 +72,41 @@ def test_report_of_a_cut_off_run():
     text = accelerator.render(results)
     assert "| diffjax fp32 (XLA default precision) | not measured |" in text
     assert "jax_fp32 killed at the deadline" in text and "| 19.5 s | 7.0 s | n/a s |" in text
+
+
+def test_report_of_the_options():
+    sys.path.insert(0, BENCH)
+    import accelerator
+
+    the_cases = accelerator.cases(False, 128)
+    the_cases.update(accelerator.option_cases(the_cases["bf16"], {"nhwc": "--xla_gpu_force_conv_nhwc=true"}))
+    step = lambda ms: {"median_s": ms / 1e3}  # noqa: E731
+    flops = lambda calls: dict(total=4.5e12, conv=3.9e12, dot=0.6e12, elementwise=0.0, reduce=0.0,  # noqa: E731
+                               custom_calls=calls)
+    results = {
+        "meta": {"date": "2026-12-01T00:00", "quick": False, "budget_s": 285, "versions": {}, "wall_s": 100},
+        "settings": dict(accelerator.SETTINGS["full"]), "cases": the_cases,
+        "stages": {
+            "jax_bf16": {"status": "ok", "step": step(32.0), "compile_s": 50.0, "xla_flags": "",
+                         "flops": flops({})},
+            "jax_bf16_cudnn": {"status": "ok", "step": step(24.0), "compile_s": 40.0,
+                               "flops": flops({"__cudnn$fmhaSoftmax": 3, "__cudnn$fmhaSoftmaxBackward": 3})},
+            "jax_bf16_flags_nhwc": {"status": "skipped: 12 s of budget left, needs >= 70 s"},
+        },
+    }
+    text = accelerator.render(results)
+    assert "| plain bf16 (attention `xla`, XLA's default flags) | 32.0 | 4000 | 1.000 | 50.0 s | 0 | ok |" in text
+    assert "| attention `cudnn` | 24.0 | 5333 | 0.750 | 40.0 s | 6 | ok |" in text
+    assert "| `--xla_gpu_force_conv_nhwc=true` | n/a | n/a | n/a | n/a s | n/a | skipped: 12 s of budget left" in text
+    # The default flag sets are within diffjax's allow-list; --gpu-flags is parsed and checked.
+    from diffjax.runtime.xla_gpu import parse_gpu_flags
+
+    for flags in accelerator.GPU_FLAG_SETS.values():
+        assert parse_gpu_flags(flags)
+    assert accelerator.parse_flag_sets("a=--xla_gpu_autotune_level=1 --xla_gpu_force_conv_nhwc=true; b=") == {
+        "a": "--xla_gpu_autotune_level=1 --xla_gpu_force_conv_nhwc=true", "b": ""}
+    with pytest.raises(ValueError, match="not one of the XLA:GPU flags"):
+        accelerator.parse_flag_sets("a=--xla_gpu_fast=1")
 
 
 def test_background_stage(tmp_path):

@@ -7,7 +7,7 @@ import types
 import pytest
 
 from diffjax import models
-from diffjax.run.config import ConfigError, base_config, set_model, validate
+from diffjax.run.config import ConfigError, base_config, network_hyperparameters, set_model, validate, validate_backend
 from diffjax.run.experiments import build_recipe
 from tests.train_utils import load_experiment, run_python
 
@@ -211,6 +211,11 @@ def test_bad_value_is_an_error_naming_the_key():
         ("model.arch", "mlp", r"config.model.arch: 'mlp' is not the network config.model describes .* set_model"),
         ("model.arch", "vit", "config.model.arch: 'vit' is not one of"),
         ("data.image_size", 36, "config.data.image_size: 36 is not divisible by 8"),
+        ("model.attention_implementation", "flash", "config.model.attention_implementation: 'flash' is not one of"),
+        ("model.attention_implementation", "cudnn", r"config.model.attention_implementation: 'cudnn': cuDNN flash "
+         r"attention takes bfloat16 or float16 inputs, and this model computes in float32 \(set model.dtype"),
+        ("runtime.xla_gpu_flags", "--xla_gpu_autotune_level=2 --xla_gpu_fast=true",
+         r"config.runtime.xla_gpu_flags: --xla_gpu_fast is not one of the XLA:GPU flags allowed here"),
     ],
 )
 def test_validate_names_the_bad_key(key, value, message):
@@ -219,6 +224,30 @@ def test_validate_names_the_bad_key(key, value, message):
     config[group][name] = value
     with pytest.raises(ConfigError, match=message):
         validate(config)
+
+
+def test_cudnn_attention_is_checked_against_the_backend_and_old_configs_still_build():
+    import ml_collections
+
+    config = load_experiment("digits_classifier").get_config(None)
+    assert config.model.attention_implementation == "xla" and config.runtime.xla_gpu_flags == ""
+    validate_backend(config, "cpu")
+    config.model.attention_implementation = "cudnn"
+    config.model.dtype = "bfloat16"
+    validate(config)  # head_dim 64, bf16: cuDNN could run it
+    validate_backend(config, "gpu")
+    with pytest.raises(ConfigError, match=r"config.model.attention_implementation: 'cudnn' .*needs an NVIDIA GPU, "
+                                          r"and JAX runs on 'cpu': use 'xla'"):
+        validate_backend(config, "cpu")
+    config.model.num_heads = 8  # head_dim 8 is fine, 64 / 16 = 4 is not
+    validate(config)
+    config.model.num_heads = 16
+    with pytest.raises(ConfigError, match=r"model.attention_implementation: 'cudnn': .*head_dim \[4\]"):
+        validate(config)
+    # A config.json written before the key existed builds the network as it was trained.
+    old = ml_collections.ConfigDict({k: v for k, v in config.model.items() if k != "attention_implementation"})
+    assert "attention_implementation" not in network_hyperparameters(old)
+    assert models.make_network("classifier", **network_hyperparameters(old)).attention_implementation == "xla"
 
 
 def test_every_experiment_config_is_valid():

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from diffjax import models
+from diffjax.models.blocks import cudnn_attention_problem
 
 EXPECTED_PARAM_COUNTS = {
     "ddpm_cifar10": 35_746_307,  # DDPM paper: 35.7M
@@ -100,7 +101,7 @@ def test_presets_hold_every_hyperparameter_with_the_field_types():
     assert models.hyperparameters("unet") == (
         "channels", "channel_mult", "num_res_blocks", "attention_resolutions", "num_heads", "num_head_channels",
         "dropout", "use_scale_shift_norm", "resblock_updown", "conv_resample", "downsample_padding", "norm_groups",
-        "norm_eps",
+        "norm_eps", "attention_implementation",
     )
     assert models.hyperparameters("mlp") == ("hidden", "num_blocks", "sinusoid_dim", "dropout")
     for name, preset in models.PRESETS.items():
@@ -270,12 +271,30 @@ def test_class_conditioning_and_null_class():
     np.testing.assert_allclose(mixed[1], out[num_classes][1], rtol=1e-5, atol=1e-6)
 
 
-def test_attention_matches_manual_multi_head_softmax():
+def test_attention_matches_manual_multi_head_softmax(monkeypatch):
     block = models.AttentionBlock(num_heads=2, norm_groups=2)
+    assert block.implementation == "xla"
     x = _inputs(12, shape=(2, 3, 8), batch=2)[0]
     abstract = jax.eval_shape(lambda k: block.init(k, x), jax.random.key(0))["params"]
     params = _random_like(abstract, seed=4, scale=0.5)
     out = _compile(lambda p, x: block.apply({"params": p}, x), params, x)(params, x)
+
+    # "xla" is what the block computed before the choice existed (jax's default, no
+    # implementation argument): the same program, bit for bit, and the same params.
+    default_attention = jax.nn.dot_product_attention
+    monkeypatch.setattr(jax.nn, "dot_product_attention", lambda q, k, v, implementation: default_attention(q, k, v))
+    before = _compile(lambda p, x: block.apply({"params": p}, x), params, x)(params, x)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(out, before)
+    # "cudnn" has the same params, and off a GPU it is refused while tracing, never run as "xla".
+    cudnn = models.AttentionBlock(num_heads=2, norm_groups=2, implementation="cudnn", dtype=jnp.bfloat16)
+    with pytest.raises(ValueError, match="'cudnn' .*needs an NVIDIA GPU.*'cpu'"):
+        jax.eval_shape(lambda p, x: cudnn.apply({"params": p}, x), params, x)
+    with pytest.raises(ValueError, match="'flash' is not one of"):
+        jax.eval_shape(lambda p, x: block.clone(implementation="flash").apply({"params": p}, x), params, x)
+    assert cudnn_attention_problem(jnp.bfloat16, [64, 256]) is None
+    assert "bfloat16 or float16" in cudnn_attention_problem(jnp.float32, [64])
+    assert "[4, 512]" in cudnn_attention_problem(jnp.bfloat16, [4, 64, 512])
 
     # NumPy reference: GroupNorm, one qkv projection laid out per head as [q, k, v].
     xn = np.asarray(x, np.float64).reshape(2, 6, 2, 4)  # [B, L, groups, C/groups]

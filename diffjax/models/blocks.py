@@ -15,7 +15,30 @@ from einops import rearrange
 
 from diffjax.models.layers import avg_pool_2x, conv3x3, dense, group_norm, upsample_nearest_2x
 
-__all__ = ["AttentionBlock", "ResBlock"]
+__all__ = ["ATTENTION_IMPLEMENTATIONS", "AttentionBlock", "ResBlock", "cudnn_attention_problem"]
+
+# How ``jax.nn.dot_product_attention`` computes the attention: "xla" (plain XLA ops: two
+# batched matmuls and a float32 softmax; any backend, any dtype) or "cudnn" (cuDNN's fused
+# flash attention; NVIDIA GPUs only, bfloat16/float16 inputs, head_dim a multiple of 8 and at
+# most 128, or 256 from Hopper on). JAX's own default (implementation=None) is "xla" in every
+# JAX measured here (0.10); "xla" is passed explicitly so that a later JAX which picks cuDNN
+# by itself cannot change a model's numerics unasked.
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+_CUDNN_DTYPES = ("bfloat16", "float16")
+_CUDNN_MAX_HEAD_DIM = 256  # Hopper and later; 128 before (JAX checks that on the device)
+
+
+def cudnn_attention_problem(dtype, head_dims) -> str | None:
+    """Why cuDNN's flash attention cannot run attention of ``head_dims`` channels per head in
+    ``dtype``, or None. Static: it does not look at the device (see ``AttentionBlock``)."""
+    name = jnp.dtype(dtype).name
+    if name not in _CUDNN_DTYPES:
+        return f"cuDNN flash attention takes bfloat16 or float16 inputs, and this model computes in {name}"
+    bad = sorted({d for d in head_dims if d % 8 or d > _CUDNN_MAX_HEAD_DIM})
+    if bad:
+        return (f"cuDNN flash attention needs head_dim a multiple of 8 and at most {_CUDNN_MAX_HEAD_DIM} "
+                f"(128 before Hopper GPUs); this model's attention has head_dim {bad}")
+    return None
 
 
 class ResBlock(nn.Module):
@@ -100,6 +123,10 @@ class AttentionBlock(nn.Module):
       num_head_channels: channels per head; heads = C // num_head_channels.
       norm_groups: GroupNorm groups.
       norm_eps: GroupNorm epsilon.
+      implementation: ``dot_product_attention``'s implementation, one of
+        ``ATTENTION_IMPLEMENTATIONS``. No parameters depend on it. ``"cudnn"`` is refused
+        when tracing (before anything compiles) unless JAX's default backend is a GPU and
+        ``cudnn_attention_problem`` finds nothing: it never falls back to ``"xla"``.
       dtype: computation dtype.
     """
 
@@ -107,7 +134,22 @@ class AttentionBlock(nn.Module):
     num_head_channels: int | None = None
     norm_groups: int = 32
     norm_eps: float = 1e-5
+    implementation: str = "xla"
     dtype: jnp.dtype = jnp.float32
+
+    def _check_implementation(self, head_dim: int) -> None:
+        if self.implementation not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"attention implementation {self.implementation!r} is not one of "
+                             f"{list(ATTENTION_IMPLEMENTATIONS)}")
+        if self.implementation != "cudnn":
+            return
+        backend = jax.default_backend()
+        if backend != "gpu":
+            raise ValueError(f"attention implementation 'cudnn' (cuDNN flash attention) needs an NVIDIA GPU, and "
+                             f"JAX's default backend is {backend!r}: use 'xla'")
+        problem = cudnn_attention_problem(self.dtype, [head_dim])
+        if problem:
+            raise ValueError(f"attention implementation 'cudnn': {problem}")
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -121,13 +163,14 @@ class AttentionBlock(nn.Module):
             heads = self.num_heads
         if channels % heads:
             raise ValueError(f"{channels} channels cannot be split into {heads} heads")
+        self._check_implementation(channels // heads)
         h = group_norm(self.norm_groups, self.norm_eps, name="norm")(x.astype(jnp.float32)).astype(self.dtype)
         qkv = dense(3 * channels, dtype=self.dtype, name="qkv")(h)
         q, k, v = rearrange(qkv, "b h w (n three d) -> three b (h w) n d", three=3, n=heads)
         # jax.nn.dot_product_attention promotes bf16 logits to float32 internally,
         # which jax_numpy_dtype_promotion="strict" (used in tests) would reject.
         with jax.numpy_dtype_promotion("standard"):
-            out = jax.nn.dot_product_attention(q, k, v)  # [B, H*W, heads, head_dim]
+            out = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)  # [B, H*W, heads, head_dim]
         out = rearrange(out, "b (h w) n d -> b h w (n d)", h=height, w=width)
         out = dense(channels, dtype=self.dtype, zero_init=True, name="proj_out")(out)
         return x + out

@@ -35,7 +35,7 @@ class NoisyClassifier(nn.Module):
     Attributes:
       channels, channel_mult, num_res_blocks, attention_resolutions, num_heads,
       num_head_channels, dropout, use_scale_shift_norm, conv_resample, downsample_padding,
-      norm_groups, norm_eps: as the ``UNet``'s (its encoder half).
+      norm_groups, norm_eps, attention_implementation: as the ``UNet``'s (its encoder half).
       num_outputs: the number of classes K (the logits' width).
       dtype: computation dtype; params, GroupNorm and the logits are float32.
     """
@@ -53,6 +53,7 @@ class NoisyClassifier(nn.Module):
     downsample_padding: str = "same"
     norm_groups: int = 32
     norm_eps: float = 1e-5
+    attention_implementation: str = "xla"
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -89,7 +90,7 @@ class NoisyClassifier(nn.Module):
 
         def attention(name):
             return AttentionBlock(num_heads=self.num_heads, num_head_channels=self.num_head_channels, name=name,
-                                  **options)
+                                  implementation=self.attention_implementation, **options)
 
         h = conv3x3(ch, dtype=self.dtype, name="conv_in")(x.astype(self.dtype))
         last = len(self.channel_mult) - 1

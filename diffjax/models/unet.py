@@ -53,6 +53,9 @@ class UNet(nn.Module):
         rows; label ``num_classes`` is the null class of classifier-free guidance.
       norm_groups: GroupNorm groups (32 in the papers).
       norm_eps: GroupNorm epsilon (1e-6 in DDPM's TF code, 1e-5 in PyTorch).
+      attention_implementation: how the attention blocks compute ``dot_product_attention``:
+        ``"xla"`` (any backend) or ``"cudnn"`` (cuDNN flash attention: an NVIDIA GPU and
+        ``dtype`` bfloat16; see ``blocks.ATTENTION_IMPLEMENTATIONS``). Same parameters either way.
       dtype: computation dtype; params are float32 and GroupNorm / softmax run
         in float32. The output is always float32.
     """
@@ -72,6 +75,7 @@ class UNet(nn.Module):
     num_classes: int | None = None
     norm_groups: int = 32
     norm_eps: float = 1e-5
+    attention_implementation: str = "xla"
     dtype: jnp.dtype = jnp.float32
 
     def _check(self, x: jnp.ndarray) -> None:
@@ -100,7 +104,7 @@ class UNet(nn.Module):
 
     def _attention(self, name: str) -> AttentionBlock:
         return AttentionBlock(num_heads=self.num_heads, num_head_channels=self.num_head_channels, name=name,
-                              **self._block_options())
+                              implementation=self.attention_implementation, **self._block_options())
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, t: jnp.ndarray, labels: jnp.ndarray | None = None, *,

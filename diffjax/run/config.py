@@ -24,12 +24,15 @@ from diffjax.diffusion.schedules import BETA_SCHEDULES, space_timesteps
 from diffjax.diffusion.timesteps import TIMESTEP_SAMPLERS
 from diffjax.diffusion.weighting import WEIGHTINGS as CONTINUOUS_WEIGHTINGS
 from diffjax.errors import ConfigError
+from diffjax.models.blocks import ATTENTION_IMPLEMENTATIONS, cudnn_attention_problem
 from diffjax.models.configs import NETWORKS, PRESETS, get_preset, hyperparameters
 from diffjax.models.layers import DOWNSAMPLE_PADDINGS
 from diffjax.runtime.sampling import SOLVER_OPTION_DEFAULTS, SamplerChoice
 from diffjax.runtime.xla_cpu import check_fusions
+from diffjax.runtime.xla_gpu import parse_gpu_flags
 
-__all__ = ["MODEL_COMMON_KEYS", "UNSET", "ConfigError", "base_config", "network_hyperparameters", "set_model", "validate"]
+__all__ = ["MODEL_COMMON_KEYS", "UNSET", "ConfigError", "base_config", "network_hyperparameters", "set_model", "validate",
+           "validate_backend"]
 
 # config.model keys of every network besides its hyperparameters, with their defaults.
 MODEL_COMMON_KEYS = {"dtype": "float32", "rescale_timesteps": False, "class_dropout": 0.1, "fourier_features": False}
@@ -37,6 +40,9 @@ MODEL_COMMON_KEYS = {"dtype": "float32", "rescale_timesteps": False, "class_drop
 # fixed type for --config overrides, and improved DDPM's code uses -1 for num_head_channels too.
 UNSET = -1
 _OPTIONAL_INTS = ("num_head_channels",)
+# Hyperparameters added after runs were saved: a config.json without one (e.g. a classifier's,
+# restored for guidance) gets the network's default, which is what those runs computed.
+_LATER_HYPERPARAMETERS = ("attention_implementation",)
 
 
 def set_model(config: ml_collections.ConfigDict, preset: str, **overrides) -> None:
@@ -68,6 +74,8 @@ def network_hyperparameters(model: ml_collections.ConfigDict) -> dict:
     ``UNSET`` becomes None and a list (a config read back from JSON) a tuple."""
     kwargs = {}
     for key in hyperparameters(model.arch):
+        if key in _LATER_HYPERPARAMETERS and key not in model:
+            continue  # the network's default
         value = model[key]
         if key in _OPTIONAL_INTS and value == UNSET:
             value = None
@@ -85,6 +93,10 @@ def base_config() -> ml_collections.ConfigDict:
     # individual_dot, individual_convolution, reduce, eltwise; "" for none; "xla_default" for
     # XLA's own choice. Only the CPU backend reads it; docs/performance.md has the measurements.
     config.runtime.xla_cpu_ynn_fusions = "dot,reduce"
+    # XLA:GPU flags (diffjax/runtime/xla_gpu.py) in XLA_FLAGS syntax, from a small allow-list, e.g.
+    # "--xla_gpu_autotune_level=2 --xla_gpu_force_conv_nhwc=true"; "" keeps XLA's defaults. Only the
+    # GPU backend reads them; a flag set in the XLA_FLAGS environment variable wins. Not measured yet.
+    config.runtime.xla_gpu_flags = ""
 
     config.data = ml_collections.ConfigDict()
     config.data.name = "cifar10"  # a tfds name, "digits", or a toy2d name for toy experiments
@@ -106,7 +118,8 @@ def base_config() -> ml_collections.ConfigDict:
     # UNet keys: channels (base width), channel_mult, num_res_blocks, attention_resolutions
     # (feature-map heights in pixels), num_heads, num_head_channels (-1: unset, heads from
     # num_heads), dropout, use_scale_shift_norm, resblock_updown, conv_resample,
-    # downsample_padding ("same" or "symmetric"), norm_groups, norm_eps.
+    # downsample_padding ("same" or "symmetric"), norm_groups, norm_eps, attention_implementation
+    # ("xla", the default, or "cudnn": cuDNN flash attention, NVIDIA GPU and dtype bfloat16 only).
     # MLP keys: hidden, num_blocks, sinusoid_dim, dropout.
     # Every network also has: dtype ("bfloat16": bf16 compute, float32 params),
     # fourier_features (VDM's input features sin/cos(2^n pi x), n = 7, 8: models/fourier.py),
@@ -260,6 +273,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         check_fusions(config.runtime.xla_cpu_ynn_fusions)
     except ValueError as error:
         raise ConfigError(f"config.runtime.xla_cpu_ynn_fusions: {error}") from None
+    try:
+        parse_gpu_flags(config.runtime.xla_gpu_flags)
+    except ValueError as error:
+        raise ConfigError(f"config.runtime.xla_gpu_flags: {error}") from None
     _one_of(config, "train.lr_decay", ("constant", "cosine"))
     _require(d.timesteps >= 2, "diffusion.timesteps", f"must be at least 2, got {d.timesteps}")
     if d.schedule == "linear":
@@ -484,3 +501,23 @@ def _validate_unet(config: ml_collections.ConfigDict) -> None:
     _require(m.channels % m.norm_groups == 0, "model.norm_groups",
              f"{m.norm_groups} groups do not divide model.channels = {m.channels}")
     _require(m.norm_eps > 0, "model.norm_eps", f"must be positive, got {m.norm_eps!r}")
+    _one_of(config, "model.attention_implementation", ATTENTION_IMPLEMENTATIONS)
+    if m.attention_implementation == "cudnn":
+        head_dims = [w // m.num_heads if m.num_head_channels == UNSET else m.num_head_channels for w in widths]
+        problem = cudnn_attention_problem(m.dtype, head_dims)
+        _require(problem is None, "model.attention_implementation",
+                 f"'cudnn': {problem}" + (" (set model.dtype = 'bfloat16')" if m.dtype != "bfloat16" else ""))
+
+
+def validate_backend(config: ml_collections.ConfigDict, backend: str) -> None:
+    """The checks that need to know the backend JAX runs on (``jax.default_backend()``), made by
+    ``launch.py`` once JAX has started, before any model is built or compiled. ``validate``
+    cannot make them: asking JAX for its backend starts it, after which XLA's flags are fixed.
+
+    Raises:
+      ConfigError: ``model.attention_implementation`` is "cudnn" on a backend other than a GPU
+        (cuDNN's flash attention never falls back to XLA's).
+    """
+    implementation = config.model.get("attention_implementation", "xla")
+    _require(implementation != "cudnn" or backend == "gpu", "model.attention_implementation",
+             f"'cudnn' (cuDNN flash attention) needs an NVIDIA GPU, and JAX runs on {backend!r}: use 'xla'")
