@@ -162,17 +162,19 @@ def test_classifier_network_is_the_unet_encoder_with_a_pooled_head():
     path and the middle block) + GroupNorm (2 x 64) + the head (64 x 10 + 10); zero logits at init."""
     preset = get_preset("digits_classifier")
     preset.pop("arch")
-    classifier = make_network("classifier", out_channels=10, **preset)
-    params = jax.jit(lambda key: init_params(classifier, key, (8, 8, 1)))(jax.random.PRNGKey(0))
+    params = abstract_params(make_network("classifier", out_channels=10, **preset), (8, 8, 1))
     unet = abstract_params(make_unet("digits"), (8, 8, 1))
     shared = {name for name in params if name not in ("norm_out", "head")}
     assert shared <= set(unet)
     assert jax.tree.map(np.shape, {n: params[n] for n in shared}) == jax.tree.map(np.shape, {n: unet[n] for n in shared})
     assert count_params(params) == count_params({n: unet[n] for n in shared}) + 2 * 64 + 64 * 10 + 10 == 318_090
-    logits = classifier.apply({"params": params}, jnp.ones((3, 8, 8, 1)), jnp.full((3,), 500.0))
+    # An untrained classifier says 1/K to every class (a small one: the head is what matters).
+    small = NoisyClassifier(channels=8, channel_mult=(1,), num_res_blocks=1, attention_resolutions=(), norm_groups=4)
+    small_params = jax.jit(lambda key: init_params(small, key, (8, 8, 1)))(jax.random.PRNGKey(0))
+    logits = jax.jit(small.apply)({"params": small_params}, jnp.ones((3, 8, 8, 1)), jnp.full((3,), 500.0))
     assert logits.shape == (3, 10) and not np.any(np.asarray(logits))
     with pytest.raises(ValueError, match="no labels"):
-        classifier.apply({"params": params}, jnp.ones((3, 8, 8, 1)), jnp.ones(3), jnp.zeros(3, jnp.int32))
+        small.apply({"params": small_params}, jnp.ones((3, 8, 8, 1)), jnp.ones(3), jnp.zeros(3, jnp.int32))
 
 
 def test_classification_objective_is_the_cross_entropy_at_uniform_steps():
@@ -206,16 +208,16 @@ def test_classification_objective_is_the_cross_entropy_at_uniform_steps():
 
 @pytest.fixture(scope="module")
 def tiny_guided():
-    """A tiny digits UNet (untrained) and a tiny classifier with a random head (its gradient is
-    not zero), on 8x8x1 images."""
+    """A tiny digits UNet (its untrained train state) and a tiny classifier with a random head (its
+    gradient is not zero), on 8x8x1 images."""
     config, recipe = tiny_image_setup()
-    params = jax.jit(make_init_fn(recipe, make_optimizer(config.train)))(jax.random.PRNGKey(0)).params
+    state = jax.jit(make_init_fn(recipe, make_optimizer(config.train)))(jax.random.PRNGKey(0))
     model = NoisyClassifier(channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(),
                             num_outputs=10, norm_groups=4)
     classifier_params = jax.jit(lambda key: init_params(model, key, (8, 8, 1)))(jax.random.PRNGKey(1))
     classifier_params["head"]["kernel"] = jax.random.normal(jax.random.PRNGKey(2), (16, 10))
     classifier = GuidanceClassifier(model=model, params=classifier_params, num_classes=10, input_shape=(8, 8, 1))
-    return config, recipe, params, classifier
+    return config, recipe, state, classifier
 
 
 def test_classifier_gradient_of_the_network_is_its_finite_difference(tiny_guided):
@@ -249,7 +251,8 @@ def test_classifier_gradient_of_the_network_is_its_finite_difference(tiny_guided
 def test_compiled_sampler_with_classifier_guidance(tiny_guided, entry):
     """Scale 0 (per call) is the unguided sampler exactly, a nonzero scale moves the samples, one
     compilation serves every scale; an unconditional model takes the classifier's labels."""
-    config, recipe, params, classifier = tiny_guided
+    config, recipe, state, classifier = tiny_guided
+    params = state.params
     mesh = make_mesh()
     base = SamplerChoice.from_settings(config.sample, entry)
     key = jax.random.PRNGKey(0)
@@ -267,7 +270,8 @@ def test_compiled_sampler_with_classifier_guidance(tiny_guided, entry):
 
 
 def test_classifier_guidance_errors_before_compiling(tiny_guided):
-    config, recipe, params, classifier = tiny_guided
+    config, recipe, state, classifier = tiny_guided
+    params = state.params
     mesh = make_mesh()
     guided = dataclasses.replace(SamplerChoice.from_settings(config.sample, "ddim4"), classifier_scale=2.0)
     with pytest.raises(ValueError, match="needs a trained noise-conditional classifier"):
@@ -312,8 +316,7 @@ def test_classifier_trains_evaluates_and_guides_sampling(tiny_guided, tmp_path):
     classifier = restore_classifier(classifier_dir, mesh)
     assert classifier.num_classes == 10 and classifier.input_shape == (8, 8, 1)
 
-    model_config, model_recipe, params, _ = tiny_guided
-    state = jax.jit(make_init_fn(model_recipe, make_optimizer(model_config.train)))(jax.random.PRNGKey(0))
+    model_config, model_recipe, state, _ = tiny_guided
     model_config = model_config.copy_and_resolve_references()
     model_dir = workdir_with_checkpoint(str(tmp_path / "model"), model_config, state)
     model_config.sample.update(steps="ddim4", num=8, batch_size=8, classifier_scale=2.0,
