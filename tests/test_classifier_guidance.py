@@ -37,7 +37,7 @@ from diffjax.diffusion.parameterization import DiffusionSpec
 from diffjax.diffusion.schedules import respace
 from diffjax.models.classifier import NoisyClassifier
 from diffjax.models.configs import get_preset, make_network, make_unet
-from diffjax.models.denoiser import abstract_params, count_params, init_params
+from diffjax.models.denoiser import abstract_params, count_params
 from diffjax.runtime.mesh import make_mesh
 from diffjax.runtime.sampling import GuidanceClassifier, SamplerChoice, make_sampler
 from diffjax.train.loop import make_init_fn
@@ -159,7 +159,7 @@ def test_guided_ddpm_is_algorithm_1():
 
 def test_classifier_network_is_the_unet_encoder_with_a_pooled_head():
     """Parameter count: the digits UNet's params of the same names (conv_in, time_embed, the down
-    path and the middle block) + GroupNorm (2 x 64) + the head (64 x 10 + 10); zero logits at init."""
+    path and the middle block) + GroupNorm (2 x 64) + the head (64 x 10 + 10); logits [B, K]; no labels."""
     preset = get_preset("digits_classifier")
     preset.pop("arch")
     params = abstract_params(make_network("classifier", out_channels=10, **preset), (8, 8, 1))
@@ -168,13 +168,12 @@ def test_classifier_network_is_the_unet_encoder_with_a_pooled_head():
     assert shared <= set(unet)
     assert jax.tree.map(np.shape, {n: params[n] for n in shared}) == jax.tree.map(np.shape, {n: unet[n] for n in shared})
     assert count_params(params) == count_params({n: unet[n] for n in shared}) + 2 * 64 + 64 * 10 + 10 == 318_090
-    # An untrained classifier says 1/K to every class (a small one: the head is what matters).
-    small = NoisyClassifier(channels=8, channel_mult=(1,), num_res_blocks=1, attention_resolutions=(), norm_groups=4)
-    small_params = jax.jit(lambda key: init_params(small, key, (8, 8, 1)))(jax.random.PRNGKey(0))
-    logits = jax.jit(small.apply)({"params": small_params}, jnp.ones((3, 8, 8, 1)), jnp.full((3,), 500.0))
-    assert logits.shape == (3, 10) and not np.any(np.asarray(logits))
+    classifier = make_network("classifier", out_channels=10, **preset)
+    logits = jax.eval_shape(lambda p: classifier.apply({"params": p}, jnp.ones((3, 8, 8, 1)), jnp.ones(3)), params)
+    assert logits.shape == (3, 10) and logits.dtype == jnp.float32
     with pytest.raises(ValueError, match="no labels"):
-        small.apply({"params": small_params}, jnp.ones((3, 8, 8, 1)), jnp.ones(3), jnp.zeros(3, jnp.int32))
+        jax.eval_shape(lambda p: classifier.apply({"params": p}, jnp.ones((3, 8, 8, 1)), jnp.ones(3),
+                                                  jnp.zeros(3, jnp.int32)), params)
 
 
 def test_classification_objective_is_the_cross_entropy_at_uniform_steps():
@@ -208,14 +207,17 @@ def test_classification_objective_is_the_cross_entropy_at_uniform_steps():
 
 @pytest.fixture(scope="module")
 def tiny_guided():
-    """A tiny digits UNet (its untrained train state) and a tiny classifier with a random head (its
+    """A tiny digits UNet (its untrained train state) and a tiny classifier with random params (its
     gradient is not zero), on 8x8x1 images."""
     config, recipe = tiny_image_setup()
     state = jax.jit(make_init_fn(recipe, make_optimizer(config.train)))(jax.random.PRNGKey(0))
     model = NoisyClassifier(channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(),
                             num_outputs=10, norm_groups=4)
-    classifier_params = jax.jit(lambda key: init_params(model, key, (8, 8, 1)))(jax.random.PRNGKey(1))
-    classifier_params["head"]["kernel"] = jax.random.normal(jax.random.PRNGKey(2), (16, 10))
+    # Random values for every param (the head's init is zero, which would make the gradient zero); drawn with
+    # NumPy on the abstract shapes, so no initialisation is compiled.
+    rng = np.random.default_rng(1)
+    classifier_params = jax.tree.map(lambda leaf: jnp.asarray(rng.normal(0.0, 0.3, leaf.shape), jnp.float32),
+                                     abstract_params(model, (8, 8, 1)))
     classifier = GuidanceClassifier(model=model, params=classifier_params, num_classes=10, input_shape=(8, 8, 1))
     return config, recipe, state, classifier
 

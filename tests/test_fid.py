@@ -307,8 +307,9 @@ def test_evaluate_scores_fid_with_given_weights_and_fails_fast_without(tmp_path,
     info = scorer.info
     assert scorer.headline == "fid" and info["fid_reference"] == config.eval.fid_reference
     assert info["fid_weights_sha256"] == inc.weights_digest(weights) and info["fid_reference_count"] == 0
-    scores = scorer.score(rng.uniform(-1, 1, (12, 32, 32, 3)))
-    assert np.isfinite(scores["fid"]) and scores["inception_score"] >= 1.0
+    # The given statistics are the reference as they are (scoring itself, the same FidScorer call, is checked by
+    # test_reference_stats_are_cached_and_scorer_runs; not compiling Inception again here keeps CI in budget).
+    np.testing.assert_allclose(scorer.score.reference.mean, features.mean(0))
 
     # A missing weights file fails before the checkpoint is even looked for.
     with config.unlocked():
