@@ -24,6 +24,8 @@ from __future__ import annotations
 import os
 from importlib.metadata import version
 
+from diffjax.runtime.xla_env import set_xla_flags
+
 __all__ = ["FUSION_TYPES", "XLA_DEFAULT", "YNN_FUSION_OPTION", "check_fusions", "cpu_xla_flags", "use_cpu_fusions"]
 
 YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
@@ -72,19 +74,4 @@ def use_cpu_fusions(fusions: str) -> None:
     Raises:
       RuntimeError: JAX's backends are already initialised, so the setting would be ignored.
     """
-    current = os.environ.get("XLA_FLAGS", "")
-    flags = cpu_xla_flags(current, fusions)
-    if flags == current:
-        return
-    try:
-        from jax._src import xla_bridge  # private: guarded, a future jax may move it
-
-        started = xla_bridge.backends_are_initialized()
-    except (ImportError, AttributeError):  # a jax without the helper: cannot tell, go ahead
-        started = False
-    if started:
-        raise RuntimeError(
-            "use_cpu_fusions() was called after JAX initialised its backends; "
-            "call it before the first jax.devices() or array"
-        )
-    os.environ["XLA_FLAGS"] = flags
+    set_xla_flags(cpu_xla_flags(os.environ.get("XLA_FLAGS", ""), fusions), "use_cpu_fusions")

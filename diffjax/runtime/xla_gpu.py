@@ -43,6 +43,8 @@ from __future__ import annotations
 import os
 import re
 
+from diffjax.runtime.xla_env import set_xla_flags
+
 __all__ = ["BOOL_FLAGS", "COMMAND_BUFFER_TYPES", "GPU_FLAGS", "gpu_xla_flags", "parse_gpu_flags", "use_gpu_flags"]
 
 BOOL_FLAGS = ("xla_gpu_force_conv_nhwc", "xla_gpu_enable_latency_hiding_scheduler", "xla_gpu_enable_triton_gemm")
@@ -117,19 +119,4 @@ def use_gpu_flags(flags: str) -> None:
       ValueError: ``flags`` is not allowed (see ``parse_gpu_flags``).
       RuntimeError: JAX's backends are already initialised, so the flags would be ignored.
     """
-    current = os.environ.get("XLA_FLAGS", "")
-    updated = gpu_xla_flags(current, flags)
-    if updated == current:
-        return
-    try:
-        from jax._src import xla_bridge  # private: guarded, a future jax may move it
-
-        started = xla_bridge.backends_are_initialized()
-    except (ImportError, AttributeError):  # a jax without the helper: cannot tell, go ahead
-        started = False
-    if started:
-        raise RuntimeError(
-            "use_gpu_flags() was called after JAX initialised its backends; "
-            "call it before the first jax.devices() or array"
-        )
-    os.environ["XLA_FLAGS"] = updated
+    set_xla_flags(gpu_xla_flags(os.environ.get("XLA_FLAGS", ""), flags), "use_gpu_flags")
