@@ -15,6 +15,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(REPO, "bench")
 
 
+@pytest.mark.slow
 def test_accelerator_quick_runs_end_to_end(tmp_path):
     doc = os.path.join(REPO, "docs", "performance.md")
     with open(doc) as f:

@@ -286,6 +286,7 @@ def test_classifier_guidance_errors_before_compiling(tiny_guided):
         unguided(params, jax.random.PRNGKey(0), classifier_scale=1.0)
 
 
+@pytest.mark.slow
 def test_classifier_trains_evaluates_and_guides_sampling(tiny_guided, tmp_path):
     """The classifier experiment through the launch machinery (a tiny network, two steps): training
     writes Orbax checkpoints and config.json, --mode=eval its accuracy per band, and --mode=sample of a

@@ -244,6 +244,7 @@ def test_inception_score_known_values():
     assert inception_score(logits)[0] == pytest.approx(1.0, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_reference_stats_are_cached_and_scorer_runs(tmp_path, expected_shapes):
     from diffjax.data import digits
 
