@@ -37,12 +37,19 @@ __all__ = [
     "chain_grad_fn",
     "chain_log_snr",
     "classifier_log_prob",
+    "label_log_prob",
     "process_grad_fn",
 ]
 
 ClassifierLogProb = Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
 """``log_prob(params, x_vp, log_snr, labels) -> [B]``: log p_phi(y_i | x_i) of the VP state x_vp [B, ...]
 at log-SNR [B]."""
+
+
+def label_log_prob(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """log softmax(logits)[i, labels[i]], [B]: the log-probability of each example's label from
+    logits [B, K]."""
+    return jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), labels[:, None], axis=-1)[:, 0]
 
 
 def chain_log_snr(schedule: Schedule, t: jax.Array) -> jax.Array:
@@ -85,8 +92,7 @@ class NoisyClassification:
         t = jax.random.randint(key_t, (x0.shape[0],), 0, self.schedule.num_timesteps)
         x_t = q_sample(self.schedule, x0, t, jax.random.normal(key_noise, x0.shape, x0.dtype))
         logits = network(params, x_t, noise_conditioning(chain_log_snr(self.schedule, t)), None)
-        log_probs = jax.nn.log_softmax(logits, axis=-1)
-        cross_entropy = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+        cross_entropy = -label_log_prob(logits, labels)
         accuracy = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
         return {"loss": cross_entropy, "accuracy": accuracy, "t": t}
 
@@ -96,8 +102,7 @@ def classifier_log_prob(model: nn.Module) -> ClassifierLogProb:
     (``model.apply({"params": p}, x, c_noise) -> logits [B, K]``), in inference mode."""
 
     def log_prob(params, x_vp, log_snr, labels):
-        logits = model.apply({"params": params}, x_vp, noise_conditioning(log_snr))
-        return jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), labels[:, None], axis=-1)[:, 0]
+        return label_log_prob(model.apply({"params": params}, x_vp, noise_conditioning(log_snr)), labels)
 
     return log_prob
 

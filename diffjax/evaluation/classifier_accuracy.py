@@ -4,14 +4,13 @@ For each evaluation example and each of ``num_bands`` equal bands of the chain's
 [0, T), a step t is drawn uniformly in the band, the example is noised by q(x_t | x_0) and
 classified at t. A band's record: its steps and log-SNR range, the accuracy (arg-max class =
 label) with its binomial standard error, the mean log-likelihood of the label (nats) and the
-mean probability the classifier gives the label. Writes ``eval/classifier.json``.
+mean probability the classifier gives the label (``run.evaluate`` writes it to
+``eval/classifier.json``).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from typing import Any
 
 import jax
@@ -21,10 +20,10 @@ from jax.sharding import Mesh
 
 from diffjax.diffusion.continuous import noise_conditioning
 from diffjax.diffusion.gaussian import q_sample
-from diffjax.diffusion.noisy_classifier import NoisyClassification, chain_log_snr, classifier_log_prob
+from diffjax.diffusion.noisy_classifier import NoisyClassification, chain_log_snr, label_log_prob
 from diffjax.runtime.mesh import global_batch
 
-__all__ = ["accuracy_by_band", "write_classifier_json"]
+__all__ = ["accuracy_by_band"]
 
 
 def accuracy_by_band(recipe, params: Any, mesh: Mesh, batches, *, num_bands: int = 10, seed: int = 0,
@@ -50,7 +49,6 @@ def accuracy_by_band(recipe, params: Any, mesh: Mesh, batches, *, num_bands: int
     schedule = diffusion.schedule
     num_steps = schedule.num_timesteps
     edges = np.linspace(0, num_steps, num_bands + 1).round().astype(int)
-    log_prob = classifier_log_prob(recipe.model)
 
     @jax.jit
     def score(params, images, labels, key):
@@ -61,10 +59,9 @@ def accuracy_by_band(recipe, params: Any, mesh: Mesh, batches, *, num_bands: int
             low, high = jnp.asarray(edges)[band], jnp.asarray(edges)[band + 1]
             t = jax.random.randint(key_t, labels.shape, low, high)
             x_t = q_sample(schedule, images, t, jax.random.normal(key_noise, images.shape, images.dtype))
-            log_snr = chain_log_snr(schedule, t)
-            logits = recipe.model.apply({"params": params}, x_t, noise_conditioning(log_snr))
+            logits = recipe.model.apply({"params": params}, x_t, noise_conditioning(chain_log_snr(schedule, t)))
             correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
-            return correct, log_prob(params, x_t, log_snr, labels)
+            return correct, label_log_prob(logits, labels)  # one forward pass for both
 
         bands, draw_index = jnp.meshgrid(jnp.arange(num_bands), jnp.arange(draws), indexing="ij")
         return jax.vmap(jax.vmap(one))(bands, draw_index)
@@ -104,13 +101,3 @@ def accuracy_by_band(recipe, params: Any, mesh: Mesh, batches, *, num_bands: int
         "timesteps": num_steps,
     }
 
-
-def write_classifier_json(record: dict[str, Any], path: str, **extra) -> dict[str, Any]:
-    """Write ``record`` with ``extra`` (checkpoint step, data, ...) to ``path`` atomically."""
-    full = {**extra, **record}
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(full, f, indent=2)
-    os.replace(tmp, path)
-    return full

@@ -50,7 +50,7 @@ from absl import logging
 
 from diffjax.data.errors import UnknownDatasetError
 from diffjax.diffusion.schedules import Schedule
-from diffjax.evaluation.classifier_accuracy import accuracy_by_band, write_classifier_json
+from diffjax.evaluation.classifier_accuracy import accuracy_by_band
 from diffjax.evaluation.elbo import elbo_of_params, write_elbo_json
 from diffjax.evaluation.nll import nll_of_state, write_nll_json
 from diffjax.evaluation.ode_nll import first_examples, ode_nll_of_params, write_ode_nll_json
@@ -195,17 +195,23 @@ def evaluate(
         "checkpoint_step": checkpoint_step, "nll": None, "elbo": None, "ode_nll": None, "sample_quality": None,
     }
     family = model_family(recipe.diffusion)
+
+    def details(started: float, num_examples: int | None = None) -> dict[str, Any]:
+        """What every eval record says of the run besides its numbers."""
+        return {
+            "checkpoint_step": checkpoint_step, "params": params_name, "data": config.data.name,
+            "split": _eval_split_name(config, num_examples), "seconds": time.perf_counter() - started,
+        }
+
     if family == "classifier":  # a noise-conditional classifier: its accuracy per band of noise levels
         result["classifier"] = None
         if recipe.eval_batches is not None:
             started = time.perf_counter()
             accuracy = accuracy_by_band(recipe, params, mesh, recipe.eval_batches(), seed=e.nll_seed,
                                         draws=e.elbo_draws)
-            extra = {"checkpoint_step": checkpoint_step, "params": params_name, "data": config.data.name,
-                     "split": _eval_split_name(config, None), "seconds": time.perf_counter() - started}
-            result["classifier"] = {**extra, **accuracy}
+            result["classifier"] = {**details(started), **accuracy}
             if is_main:
-                write_classifier_json(accuracy, os.path.join(eval_dir, "classifier.json"), **extra)
+                _write_json(os.path.join(eval_dir, "classifier.json"), result["classifier"])
         return result
     bounds = compute_nll and recipe.eval_batches is not None
     for asked, name in ((e.elbo, "eval.elbo"), (e.ode_nll, "eval.ode_nll")):
@@ -215,10 +221,7 @@ def evaluate(
 
     def record(key: str, write, bound, started: float, num_examples: int | None = None) -> None:
         """``result[key]``: the bound's record with the run's details, written by process 0."""
-        extra = {
-            "checkpoint_step": checkpoint_step, "params": params_name, "data": config.data.name,
-            "split": _eval_split_name(config, num_examples), "seconds": time.perf_counter() - started,
-        }
+        extra = details(started, num_examples)
         if is_main:
             result[key] = write(bound, os.path.join(eval_dir, f"{key}.json"), **extra)
         else:
