@@ -346,8 +346,7 @@ def _validate_family(config: ml_collections.ConfigDict) -> None:
     _one_of(config, "diffusion.gamma_schedule", GAMMA_SCHEDULES)
     for key in ("gamma_0", "gamma_1", "sigma_data", "p_mean", "p_std"):
         value = d[key]
-        _require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
-                 f"diffusion.{key}", f"must be a finite number, got {value!r}")
+        _require(_is_finite_number(value), f"diffusion.{key}", f"must be a finite number, got {value!r}")
     _require(d.gamma_0 < d.gamma_1, "diffusion.gamma_0", f"gamma_0 ({d.gamma_0}) must be below gamma_1 ({d.gamma_1})")
     _require(d.sigma_data > 0, "diffusion.sigma_data", "must be positive")
     _require(d.p_std > 0, "diffusion.p_std", "must be positive")
@@ -373,8 +372,7 @@ def _validate_classifier_guidance(config: ml_collections.ConfigDict) -> None:
     classifier checkpoint is checked when it is restored, before anything compiles)."""
     s, family = config.sample, config.diffusion.family
     value = s.classifier_scale
-    _require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
-             "sample.classifier_scale", f"must be a finite number, got {value!r}")
+    _require(_is_finite_number(value), "sample.classifier_scale", f"must be a finite number, got {value!r}")
     if value == 0:
         return
     _require(family in ("discrete", "continuous"), "sample.classifier_scale",
@@ -407,8 +405,8 @@ def _validate_ode_nll(e: ml_collections.ConfigDict) -> None:
              f"Hutchinson's estimator needs at least 1 probe per example, got {e.ode_probes!r}")
     for key in ("ode_rtol", "ode_atol"):
         value = e[key]
-        _require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-                 and 0 < value < 1, f"eval.{key}", f"the solver's tolerance must be in (0, 1), got {value!r}")
+        _require(_is_finite_number(value) and 0 < value < 1, f"eval.{key}",
+                 f"the solver's tolerance must be in (0, 1), got {value!r}")
     _require(_is_int(e.ode_num_examples) and e.ode_num_examples >= 0, "eval.ode_num_examples",
              f"must be a non-negative integer (0: the NLL's examples), got {e.ode_num_examples!r}")
     if e.num_examples:
@@ -416,6 +414,10 @@ def _validate_ode_nll(e: ml_collections.ConfigDict) -> None:
                  f"the ODE bound's examples come from the NLL's: at most eval.num_examples = {e.num_examples}, "
                  f"got {e.ode_num_examples}")
     _require(_is_int(e.ode_seed) and e.ode_seed >= 0, "eval.ode_seed", f"must be a non-negative integer, got {e.ode_seed!r}")
+
+
+def _is_finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _is_int(value) -> bool:

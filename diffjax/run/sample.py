@@ -130,8 +130,8 @@ def generate_samples(
         ensure_writable(out_dir)  # fail now, not after sampling
     draw = make_sampler(recipe, mesh, num_samples=s.batch_size, choice=choice, classifier=classifier)
     root = jax.random.PRNGKey(s.seed)
-    num_labels = recipe.num_classes or (classifier.num_classes if choice.classifier_scale else 0)
-    conditional = num_labels > 0  # labels of a conditional model, or the targets of classifier guidance
+    num_labels = draw.num_labels  # of a conditional model, or the targets of classifier guidance
+    conditional = num_labels > 0
     chunks, label_chunks = [], []
     started = time.perf_counter()
     num_chunks = -(-s.num // s.batch_size)
@@ -194,8 +194,7 @@ def write_interpolation(recipe, params: Any, choice: SamplerChoice, mesh: Mesh, 
     latents = np.asarray(slerp(x_a, x_b, fractions))  # [F, R, ...]
     latents = np.swapaxes(latents, 0, 1).reshape(rows * columns, *recipe.input_shape)  # row-major: pair, fraction
     draw = make_sampler(recipe, mesh, num_samples=rows * columns, choice=choice, classifier=classifier)
-    num_labels = recipe.num_classes or (classifier.num_classes if choice.classifier_scale else 0)
-    labels = np.repeat(np.arange(rows) % num_labels, columns) if num_labels else None
+    labels = np.repeat(np.arange(rows) % draw.num_labels, columns) if draw.num_labels else None
     samples = draw(params, key_a, labels, x_T=latents, standard_x_T=True).astype(np.float32)
     if jax.process_index() == 0:
         save_image_grid(samples, stem + ".png", columns=columns)

@@ -257,7 +257,9 @@ def solver_grid(choice: SamplerChoice, model: Schedule | NoiseProcess) -> jax.Ar
 
 def make_sampler(recipe, mesh: Mesh, *, num_samples: int, choice: SamplerChoice,
                  classifier: GuidanceClassifier | None = None) -> Callable[..., np.ndarray]:
-    """A compiled ``draw(params, key, labels=None) -> samples`` (numpy [N, *input_shape]).
+    """A compiled ``draw(params, key, labels=None) -> samples`` (numpy [N, *input_shape]);
+    ``draw.num_labels`` is the number of classes its labels range over (a conditional model's, or
+    the guiding classifier's; 0 when it takes no labels).
 
     The discrete chain (``choice.solver == ""``) is the recipe's schedule respaced by
     ``choice.steps`` run in one ``lax.scan`` (``samplers.sample``); a solver runs over
@@ -484,4 +486,5 @@ def make_sampler(recipe, mesh: Mesh, *, num_samples: int, choice: SamplerChoice,
         return np.asarray(samples)[:num_samples]
 
     run.compiled = compiled  # for tests and benchmarks: ``run.compiled._cache_size()`` counts compilations
+    run.num_labels = num_labels  # the classes ``labels`` range over (0: the sampler takes none)
     return run
