@@ -5,9 +5,9 @@ pooled linear head (Dhariwal & Nichol 2021, section 4.1; guided_diffusion's
 Layout: the UNet's conv_in and down path (``num_res_blocks`` res blocks per level, attention at
 the chosen resolutions, a downsample between levels), its middle res -> attention -> res, then
 GN -> swish -> global average pool -> a zero-initialised dense layer to the class logits (so an
-untrained classifier says 1/K to every class). Every res block sees the noise level's
-embedding, as in the UNet; the blocks have the UNet's names, so the two networks' encoder
-params line up.
+untrained classifier says 1/K to every class). The encoder is the UNet's own code
+(``unet.encoder``), so the blocks have the UNet's names and the two networks' encoder params
+line up; every res block sees the noise level's embedding.
 
 The noise level is given the way the guided sampler knows it for any model: the network time
 ``t`` is ``diffusion.continuous.noise_conditioning(log_snr)``, read on the variance-preserving
@@ -24,7 +24,8 @@ import jax.numpy as jnp
 
 from diffjax.models.blocks import AttentionBlock, ResBlock
 from diffjax.models.embeddings import conditioning_embedding
-from diffjax.models.layers import DOWNSAMPLE_PADDINGS, Downsample, conv3x3, dense, group_norm
+from diffjax.models.layers import Downsample, dense, group_norm
+from diffjax.models.unet import check_input, encoder
 
 __all__ = ["NoisyClassifier"]
 
@@ -70,15 +71,10 @@ class NoisyClassifier(nn.Module):
         Returns:
           [B, num_outputs] float32 logits.
         """
-        chex.assert_rank(x, 4)
+        check_input(x, self.channel_mult, self.attention_resolutions, self.downsample_padding)
         chex.assert_shape(t, (x.shape[0],))
         if labels is not None:
             raise ValueError("NoisyClassifier takes no labels: they are what it predicts")
-        if self.downsample_padding not in DOWNSAMPLE_PADDINGS:
-            raise ValueError(f"downsample_padding must be one of {sorted(DOWNSAMPLE_PADDINGS)}")
-        factor = 2 ** (len(self.channel_mult) - 1)
-        if x.shape[1] % factor or x.shape[2] % factor:
-            raise ValueError(f"image size {x.shape[1:3]} is not divisible by {factor}")
         options = dict(norm_groups=self.norm_groups, norm_eps=self.norm_eps, dtype=self.dtype)
         ch = self.channels
         emb = conditioning_embedding(t, None, num_classes=None, sinusoid_dim=ch, features=4 * ch, dtype=self.dtype,
@@ -92,19 +88,13 @@ class NoisyClassifier(nn.Module):
             return AttentionBlock(num_heads=self.num_heads, num_head_channels=self.num_head_channels, name=name,
                                   implementation=self.attention_implementation, **options)
 
-        h = conv3x3(ch, dtype=self.dtype, name="conv_in")(x.astype(self.dtype))
-        last = len(self.channel_mult) - 1
-        for level, mult in enumerate(self.channel_mult):
-            for i in range(self.num_res_blocks):
-                h = res_block(ch * mult, f"down_{level}_res_{i}")(h, emb, train=train)
-                if h.shape[1] in self.attention_resolutions:
-                    h = attention(f"down_{level}_attn_{i}")(h)
-            if level != last:
-                h = Downsample(self.conv_resample, self.downsample_padding, dtype=self.dtype,
-                               name=f"down_{level}_resample")(h)
-        h = res_block(h.shape[-1], "mid_res_0")(h, emb, train=train)
-        h = attention("mid_attn")(h)
-        h = res_block(h.shape[-1], "mid_res_1")(h, emb, train=train)
+        def downsample(h, emb, level, train):
+            return Downsample(self.conv_resample, self.downsample_padding, dtype=self.dtype,
+                              name=f"down_{level}_resample")(h)
+
+        h, _ = encoder(x, emb, channels=ch, channel_mult=self.channel_mult, num_res_blocks=self.num_res_blocks,
+                       attention_resolutions=self.attention_resolutions, res_block=res_block, attention=attention,
+                       downsample=downsample, dtype=self.dtype, train=train)
 
         h = group_norm(self.norm_groups, self.norm_eps, name="norm_out")(h.astype(jnp.float32))
         pooled = jnp.mean(nn.swish(h), axis=(1, 2))  # [B, C], float32

@@ -17,7 +17,7 @@ input at trace time. Improved DDPM's code stores downsample factors instead
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import chex
 import flax.linen as nn
@@ -27,7 +27,7 @@ from diffjax.models.blocks import AttentionBlock, ResBlock
 from diffjax.models.embeddings import conditioning_embedding
 from diffjax.models.layers import DOWNSAMPLE_PADDINGS, Downsample, Upsample, conv3x3, group_norm
 
-__all__ = ["UNet"]
+__all__ = ["UNet", "check_input", "encoder"]
 
 
 class UNet(nn.Module):
@@ -78,22 +78,6 @@ class UNet(nn.Module):
     attention_implementation: str = "xla"
     dtype: jnp.dtype = jnp.float32
 
-    def _check(self, x: jnp.ndarray) -> None:
-        chex.assert_rank(x, 4)
-        if self.downsample_padding not in DOWNSAMPLE_PADDINGS:
-            raise ValueError(f"downsample_padding must be one of {sorted(DOWNSAMPLE_PADDINGS)}")
-        height = x.shape[1]
-        factor = 2 ** (len(self.channel_mult) - 1)
-        if height % factor or x.shape[2] % factor:
-            raise ValueError(f"image size {x.shape[1:3]} is not divisible by {factor}")
-        sizes = {height // 2**i for i in range(len(self.channel_mult))}
-        missing = set(self.attention_resolutions) - sizes
-        if missing:
-            raise ValueError(
-                f"attention_resolutions {sorted(missing)} (pixel sizes) do not occur; "
-                f"this model's feature maps have heights {sorted(sizes)}"
-            )
-
     def _block_options(self) -> dict:
         """What every res and attention block shares: its GroupNorm and dtype."""
         return dict(norm_groups=self.norm_groups, norm_eps=self.norm_eps, dtype=self.dtype)
@@ -101,6 +85,12 @@ class UNet(nn.Module):
     def _res_block(self, out_channels: int, name: str, **kwargs) -> ResBlock:
         return ResBlock(out_channels, dropout=self.dropout, use_scale_shift_norm=self.use_scale_shift_norm, name=name,
                         **self._block_options(), **kwargs)
+
+    def _downsample(self, h: jnp.ndarray, emb: jnp.ndarray, level: int, train: bool) -> jnp.ndarray:
+        name = f"down_{level}_resample"
+        if self.resblock_updown:
+            return self._res_block(h.shape[-1], name, down=True)(h, emb, train=train)
+        return Downsample(self.conv_resample, self.downsample_padding, dtype=self.dtype, name=name)(h)
 
     def _attention(self, name: str) -> AttentionBlock:
         return AttentionBlock(num_heads=self.num_heads, num_head_channels=self.num_head_channels, name=name,
@@ -122,34 +112,16 @@ class UNet(nn.Module):
         Returns:
           [B, H, W, out_channels] float32.
         """
-        self._check(x)
+        check_input(x, self.channel_mult, self.attention_resolutions, self.downsample_padding)
         batch = x.shape[0]
         chex.assert_shape(t, (batch,))
         ch = self.channels
         emb = conditioning_embedding(t, labels, num_classes=self.num_classes, sinusoid_dim=ch, features=4 * ch,
                                      dtype=self.dtype, network="UNet")
 
-        h = conv3x3(ch, dtype=self.dtype, name="conv_in")(x.astype(self.dtype))
-        skips = [h]
-        last = len(self.channel_mult) - 1
-        for level, mult in enumerate(self.channel_mult):
-            for i in range(self.num_res_blocks):
-                h = self._res_block(ch * mult, f"down_{level}_res_{i}")(h, emb, train=train)
-                if h.shape[1] in self.attention_resolutions:
-                    h = self._attention(f"down_{level}_attn_{i}")(h)
-                skips.append(h)
-            if level != last:
-                if self.resblock_updown:
-                    h = self._res_block(h.shape[-1], f"down_{level}_resample", down=True)(h, emb, train=train)
-                else:
-                    h = Downsample(
-                        self.conv_resample, self.downsample_padding, dtype=self.dtype, name=f"down_{level}_resample"
-                    )(h)
-                skips.append(h)
-
-        h = self._res_block(h.shape[-1], "mid_res_0")(h, emb, train=train)
-        h = self._attention("mid_attn")(h)
-        h = self._res_block(h.shape[-1], "mid_res_1")(h, emb, train=train)
+        h, skips = encoder(x, emb, channels=ch, channel_mult=self.channel_mult, num_res_blocks=self.num_res_blocks,
+                           attention_resolutions=self.attention_resolutions, res_block=self._res_block,
+                           attention=self._attention, downsample=self._downsample, dtype=self.dtype, train=train)
 
         for level, mult in reversed(list(enumerate(self.channel_mult))):
             for i in range(self.num_res_blocks + 1):
@@ -168,3 +140,64 @@ class UNet(nn.Module):
         out_channels = x.shape[-1] if self.out_channels is None else self.out_channels
         h = conv3x3(out_channels, dtype=self.dtype, zero_init=True, name="conv_out")(h)
         return h.astype(jnp.float32)
+
+
+def check_input(x: jnp.ndarray, channel_mult: Sequence[int], attention_resolutions: Sequence[int],
+                downsample_padding: str) -> None:
+    """Raise ``ValueError`` unless images ``x`` [B, H, W, C] fit a network with these levels: H and W
+    divisible by the downsampling, every attention resolution a feature-map height, a known padding."""
+    chex.assert_rank(x, 4)
+    if downsample_padding not in DOWNSAMPLE_PADDINGS:
+        raise ValueError(f"downsample_padding must be one of {sorted(DOWNSAMPLE_PADDINGS)}")
+    height = x.shape[1]
+    factor = 2 ** (len(channel_mult) - 1)
+    if height % factor or x.shape[2] % factor:
+        raise ValueError(f"image size {x.shape[1:3]} is not divisible by {factor}")
+    sizes = {height // 2**i for i in range(len(channel_mult))}
+    missing = set(attention_resolutions) - sizes
+    if missing:
+        raise ValueError(
+            f"attention_resolutions {sorted(missing)} (pixel sizes) do not occur; "
+            f"this model's feature maps have heights {sorted(sizes)}"
+        )
+
+
+def encoder(x: jnp.ndarray, emb: jnp.ndarray, *, channels: int, channel_mult: Sequence[int], num_res_blocks: int,
+            attention_resolutions: Sequence[int], res_block: Callable, attention: Callable, downsample: Callable,
+            dtype: jnp.dtype, train: bool) -> tuple[jnp.ndarray, list[jnp.ndarray]]:
+    """The UNet's encoder half: conv_in, the down path and the middle block (res -> attention -> res).
+
+    Call it inside a network's compact ``__call__``: its layers become that network's, under the
+    names ``conv_in``, ``down_{level}_res_{i}``, ``down_{level}_attn_{i}``, ``down_{level}_resample``,
+    ``mid_res_0``, ``mid_attn``, ``mid_res_1`` (``UNet`` and ``classifier.NoisyClassifier`` both use it).
+
+    Args:
+      x: [B, H, W, C] images.
+      emb: [B, E] the conditioning embedding every res block sees.
+      channels, channel_mult, num_res_blocks, attention_resolutions: as ``UNet``'s.
+      res_block: ``res_block(out_channels, name) -> ResBlock``.
+      attention: ``attention(name) -> AttentionBlock``.
+      downsample: ``downsample(h, emb, level, train) -> h`` between levels.
+      dtype: the computation dtype.
+      train: enables dropout.
+
+    Returns:
+      (h [B, H', W', C'] after the middle block, the skips the up path consumes: conv_in's output,
+      each down res block's and each downsample's, in order).
+    """
+    h = conv3x3(channels, dtype=dtype, name="conv_in")(x.astype(dtype))
+    skips = [h]
+    last = len(channel_mult) - 1
+    for level, mult in enumerate(channel_mult):
+        for i in range(num_res_blocks):
+            h = res_block(channels * mult, f"down_{level}_res_{i}")(h, emb, train=train)
+            if h.shape[1] in attention_resolutions:
+                h = attention(f"down_{level}_attn_{i}")(h)
+            skips.append(h)
+        if level != last:
+            h = downsample(h, emb, level, train)
+            skips.append(h)
+    h = res_block(h.shape[-1], "mid_res_0")(h, emb, train=train)
+    h = attention("mid_attn")(h)
+    h = res_block(h.shape[-1], "mid_res_1")(h, emb, train=train)
+    return h, skips
