@@ -17,7 +17,10 @@ import jax.numpy as jnp
 from diffjax.diffusion.parameterization import DiffusionSpec, split_output, x0_from_mean_part
 from diffjax.diffusion.processes import DiscreteVP, NoiseProcess
 
-__all__ = ["History", "X0Fn", "advance", "first_order_update", "half_log_snr", "solve", "step_key", "x0_predictor"]
+__all__ = [
+    "History", "X0Fn", "advance", "first_order_update", "half_log_snr", "lands_on_zero_noise", "solve", "step_key",
+    "x0_predictor",
+]
 
 X0Fn = Callable[[jax.Array, jax.Array], jax.Array]
 """``denoise_x0(x, t) -> x0_hat``: x [B, ...], t a scalar time; the data prediction D."""
@@ -71,6 +74,15 @@ def step_key(carry: History) -> jax.Array:
 def half_log_snr(process: NoiseProcess, t) -> jax.Array:
     """DPM-Solver's lambda_t = log(alpha_t / sigma_t)."""
     return process.log_alpha(t) - process.log_sigma(t)
+
+
+def lands_on_zero_noise(process: NoiseProcess, t_next) -> jax.Array:
+    """Whether a step to ``t_next`` ends at sigma = 0 (lambda = +inf, e.g. t = 0 of a VP process).
+
+    Such a step is the final denoising: the multistep solvers take it at first order (x' = D),
+    whatever ``lower_order_final`` says, since their higher-order terms divide by its infinite h.
+    """
+    return jnp.isposinf(half_log_snr(process, t_next))
 
 
 def first_order_update(process: NoiseProcess, x, t_cur, t_next, x0) -> jax.Array:

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.diffusion.processes import NoiseProcess
-from diffjax.diffusion.solvers.core import History, X0Fn, advance, first_order_update, half_log_snr
+from diffjax.diffusion.solvers.core import History, X0Fn, advance, first_order_update, half_log_snr, lands_on_zero_noise
 
 __all__ = ["ddim_step", "dpmpp_2m_step", "dpmpp_3m_step", "euler_step", "heun_step", "heun_update"]
 
@@ -54,14 +54,15 @@ def heun_step(process: NoiseProcess, denoise_x0: X0Fn, x, t_cur, t_next, carry: 
 def dpmpp_2m_step(
     process: NoiseProcess, denoise_x0: X0Fn, x, t_cur, t_next, carry: History, *, lower_order_final: bool = True
 ):
-    """DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2); first order on the first step and,
-    with ``lower_order_final``, on the last."""
+    """DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2); first order on the first step, on a step
+    that lands on sigma = 0 and, with ``lower_order_final``, on the last."""
     x0 = denoise_x0(x, t_cur)
     lam_prev, lam_cur, lam_next = (half_log_snr(process, t) for t in (carry.t, t_cur, t_next))
-    # r = h_{i-1} / h_i; on the first step there is no h_{i-1}: any finite r, the update is first order.
+    # r = h_{i-1} / h_i; on a first-order step it is not used: any finite r.
     first = carry.step == 0
-    last = jnp.logical_and(lower_order_final, carry.step == carry.num_steps - 1)
-    r = jnp.where(first, 1.0, (lam_cur - lam_prev) / (lam_next - lam_cur))
+    last = jnp.logical_or(jnp.logical_and(lower_order_final, carry.step == carry.num_steps - 1),
+                          lands_on_zero_noise(process, t_next))
+    r = jnp.where(jnp.logical_or(first, last), 1.0, (lam_cur - lam_prev) / (lam_next - lam_cur))
     second_order = x0 + (0.5 / r) * (x0 - carry.x0)
     combined = jnp.where(jnp.logical_or(first, last), x0, second_order)
     return first_order_update(process, x, t_cur, t_next, combined), advance(carry, x0, t_cur)
@@ -80,7 +81,8 @@ def dpmpp_3m_step(
     x0' = f[i, i-1] + h_{i-1} f[i, i-1, i-2] and x0''/2 = f[i, i-1, i-2] (divided differences
     in lambda). The order used is min(3, step + 1) and, with ``lower_order_final``, also
     at most the number of steps left (DPM-Solver's ``lower_order_final``): steps 0, 1 are
-    first and second order (the 2M formula), the last two second and first order.
+    first and second order (the 2M formula), the last two second and first order. A step
+    that lands on sigma = 0 is first order (``lands_on_zero_noise``).
     """
     x0 = denoise_x0(x, t_cur)
     lam_older, lam_prev, lam_cur, lam_next = (
@@ -90,6 +92,7 @@ def dpmpp_3m_step(
     order = jnp.minimum(3, carry.step + 1)
     if lower_order_final:
         order = jnp.minimum(order, carry.num_steps - carry.step)
+    order = jnp.where(lands_on_zero_noise(process, t_next), 1, order)
     # Divided differences; the denominators are replaced where the history does not exist yet.
     safe_h0 = jnp.where(order >= 2, h_0, 1.0)
     safe_h1 = jnp.where(order >= 3, h_1, 1.0)

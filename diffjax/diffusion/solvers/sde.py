@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.diffusion.processes import NoiseProcess, expand_to_rank
-from diffjax.diffusion.solvers.core import History, X0Fn, advance, half_log_snr, step_key
+from diffjax.diffusion.solvers.core import History, X0Fn, advance, half_log_snr, lands_on_zero_noise, step_key
 from diffjax.diffusion.solvers.ode import heun_update
 
 __all__ = [
@@ -74,16 +74,17 @@ def dpmpp_2m_sde_step(
         x' = (sigma'/sigma) e^{-eta h} x + alpha' (1 - e^{-(1 + eta) h}) D~
              + sigma' sqrt(1 - e^{-2 eta h}) S_noise z,
 
-    D~ = x0_i + 1/(2r) (x0_i - x0_{i-1}), r = h_{i-1}/h (first order on the first step and,
-    with ``lower_order_final``, on the last). eta = 1 is the reverse SDE's exact solution for
+    D~ = x0_i + 1/(2r) (x0_i - x0_{i-1}), r = h_{i-1}/h (first order on the first step, on a
+    step that lands on sigma = 0 and, with ``lower_order_final``, on the last). eta = 1 is the reverse SDE's exact solution for
     a constant D (the data-prediction SDE-DPM-Solver); eta = 0 is ``dpmpp_2m_step`` exactly.
     """
     x0 = denoise_x0(x, t_cur)
     lam_prev, lam_cur, lam_next = (half_log_snr(process, t) for t in (carry.t, t_cur, t_next))
     h = lam_next - lam_cur
     first = carry.step == 0
-    last = jnp.logical_and(lower_order_final, carry.step == carry.num_steps - 1)
-    r = jnp.where(first, 1.0, (lam_cur - lam_prev) / h)
+    last = jnp.logical_or(jnp.logical_and(lower_order_final, carry.step == carry.num_steps - 1),
+                          lands_on_zero_noise(process, t_next))
+    r = jnp.where(jnp.logical_or(first, last), 1.0, (lam_cur - lam_prev) / h)
     combined = jnp.where(jnp.logical_or(first, last), x0, x0 + (0.5 / r) * (x0 - carry.x0))
     sigma_ratio = jnp.exp(process.log_sigma(t_next) - process.log_sigma(t_cur))
     z = jax.random.normal(step_key(carry), x.shape, x.dtype)

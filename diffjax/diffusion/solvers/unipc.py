@@ -40,8 +40,9 @@ D at the final time, one more NFE): the result is the last predictor's x~ at gri
 
 Orders: step i (0-based, K steps) predicts with p_i = min(order, i + 1) (warm-up: DDIM on the
 first step) and, with ``lower_order_final`` (DPM-Solver++'s), p_i <= K - i (the last step is
-DDIM, the one before it at most second order); the corrector after step i has that step's
-p_i. ``order`` and ``variant`` are static (bind them with ``functools.partial``); every order
+DDIM, the one before it at most second order); a step that lands on sigma = 0 predicts at
+first order whatever ``lower_order_final`` says (its h is infinite); the corrector after step i
+has that step's p_i. ``order`` and ``variant`` are static (bind them with ``functools.partial``); every order
 up to ``order`` is computed and the step's selected with ``jnp.where``, so the scan compiles
 once per grid length.
 """
@@ -54,7 +55,7 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.diffusion.processes import NoiseProcess
-from diffjax.diffusion.solvers.core import History, X0Fn, advance, first_order_update, half_log_snr
+from diffjax.diffusion.solvers.core import History, X0Fn, advance, first_order_update, half_log_snr, lands_on_zero_noise
 
 __all__ = ["unipc_coefficients", "unipc_step"]
 
@@ -170,7 +171,8 @@ def unipc_step(
       variant: "bh1" (B(h) = h) or "bh2" (B(h) = e^h - 1), in the paper's data-prediction
         convention (h -> -h).
       use_corrector: False gives the plain UniP-p multistep solver.
-      lower_order_final: at most order K - i on step i (the last step is DDIM).
+      lower_order_final: at most order K - i on step i (the last step is DDIM). A step to
+        sigma = 0 is DDIM either way.
     """
     if order not in (1, 2, 3):
         raise ValueError(f"UniPC is implemented for orders 1, 2, 3, got {order}")
@@ -187,6 +189,7 @@ def unipc_step(
         )
         x = jnp.where(carry.step > 0, corrected, x)
     current_order = _order_of_step(carry.step, carry.num_steps, order, lower_order_final)
+    current_order = jnp.where(lands_on_zero_noise(process, t_next), 1, current_order)  # the final denoising
     x_next = _update(
         process, x, t_cur, t_next, x0, current_order, [(lam_prev, carry.x0), (lam_older, carry.x0_older)][: order - 1],
         variant,
