@@ -16,7 +16,9 @@ the solver's choice, not a point of the grid. The first and last values are the 
   sigma_i = (sigma_max^(1/rho) + i/K (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho.
 * ``quadratic``: linear in sqrt(t) (DDIM's "quad" skip, DPM-Solver's ``time_quadratic``).
 * ``discrete_grid``: integer steps of a T-step chain at their times (n + 1)/T, strided by
-  improved DDPM's or DDIM's rules, for a ``processes.discrete_process`` of that chain.
+  improved DDPM's or DDIM's rules, for a ``processes.discrete_process`` of that chain; all
+  start at the top step but the ``*_truncated`` ones (DDIM's exact spacings, see
+  ``DISCRETE_RULES``).
 
 References: Song et al. 2021 (DDIM) appendix C.2; Lu et al. 2022 (DPM-Solver) section 3.3
 and appendix; Karras et al. 2022 (EDM) eq. 5.
@@ -102,25 +104,66 @@ def _even_steps(num_timesteps: int, num_steps: int) -> list[int]:
 
 def _ddim_steps(num_timesteps: int, num_steps: int) -> list[int]:
     stride = (num_timesteps - 1) // num_steps
-    return [i * stride for i in range(num_steps + 1)]
+    return [i * stride for i in range(num_steps)] + [num_timesteps - 1]
 
 
 def _ddim_quadratic_steps(num_timesteps: int, num_steps: int) -> list[int]:
-    steps = (np.linspace(0.0, np.sqrt(0.8 * num_timesteps), num_steps + 1) ** 2).astype(np.int64)
-    return sorted(set(steps.tolist()))
+    steps = (np.linspace(0.0, np.sqrt(num_timesteps - 1.0), num_steps + 1) ** 2).astype(np.int64)
+    steps = np.maximum(steps, np.arange(num_steps + 1))
+    steps[-1] = num_timesteps - 1
+    return steps.tolist()
 
 
-DISCRETE_RULES = {"even": _even_steps, "ddim": _ddim_steps, "ddim_quadratic": _ddim_quadratic_steps}
-"""How ``discrete_grid`` picks K + 1 integer steps of a T-step chain (each list includes 0):
+def _ddim_truncated_steps(num_timesteps: int, num_steps: int) -> list[int]:
+    stride = (num_timesteps - 1) // num_steps
+    return [i * stride for i in range(num_steps + 1)]
+
+
+def _ddim_quadratic_truncated_steps(num_timesteps: int, num_steps: int) -> list[int]:
+    return (np.linspace(0.0, np.sqrt(0.8 * num_timesteps), num_steps + 1) ** 2).astype(np.int64).tolist()
+
+
+DISCRETE_RULES = {
+    "even": _even_steps, "ddim": _ddim_steps, "ddim_quadratic": _ddim_quadratic_steps,
+    "ddim_truncated": _ddim_truncated_steps, "ddim_quadratic_truncated": _ddim_quadratic_truncated_steps,
+}
+"""How ``discrete_grid`` picks K + 1 distinct integer steps of a T-step chain (each list includes 0).
+
+The first three start at the top step T - 1, where x_T ~ N(0, I) is the chain's state:
 
 * ``even``: improved DDPM's ``space_timesteps(T, K + 1)``, K + 1 evenly spaced steps with
   both ends 0 and T - 1 (rounded half to even).
-* ``ddim``: DDIM's "uniform" skip with K + 1 points: 0, c, 2c, ..., K c with the integer
-  stride c = (T - 1) // K, so K c <= T - 1 (DDIM's code strides by T // K from 0, which
-  gives K points; one more point needs the stride that still fits the chain).
-* ``ddim_quadratic``: DDIM's "quad" skip, floor(linspace(0, sqrt(0.8 T), K + 1)^2); duplicate
-  steps (very small T) are merged, so it can have fewer points.
+* ``ddim``: DDIM's "uniform" skip from step 0 with the integer stride c = (T - 1) // K:
+  0, c, ..., (K - 1) c, then T - 1 (the top gap is c + (T - 1) mod K; all gaps are c when K
+  divides T - 1).
+* ``ddim_quadratic``: DDIM's "quad" skip over the whole chain, n_i = floor((i/K)^2 (T - 1))
+  (floor(linspace(0, sqrt(T - 1), K + 1)^2), the last one T - 1), raised to at least i so
+  that the steps near 0 stay one apart (they would merge for K > sqrt(T - 1)).
+
+The truncated ones are DDIM's exact spacings (Song et al. 2021, appendix C.2, and its code),
+for reproducing DDIM's tables. **They start below the top step**, and the sampler still
+takes x_T ~ N(0, I) as the state at their first step (as DDIM's code does), an error
+that does not fall with K:
+
+* ``ddim_truncated``: 0, c, ..., K c with c = (T - 1) // K, so its top K c is below T - 1
+  when K does not divide T - 1 (DDIM's code strides by T // K from 0, which gives K points;
+  one more point needs the stride that still fits the chain).
+* ``ddim_quadratic_truncated``: floor(linspace(0, sqrt(0.8 T), K + 1)^2): it tops out at
+  0.8 T (step 800 of 1000). For K > about sqrt(0.8 T) its first steps coincide; such a K is
+  refused (``discrete_grid`` names the largest K that is not).
 """
+
+
+def _distinct_steps(num_timesteps: int, num_steps: int, rule: str) -> list[int]:
+    """The rule's K + 1 steps, increasing; ValueError naming the largest K <= num_steps whose steps
+    are distinct when two of them coincide (a merged step would make fewer model calls than K
+    says)."""
+    steps = DISCRETE_RULES[rule](num_timesteps, num_steps)
+    if len(set(steps)) == num_steps + 1:
+        return steps
+    largest = next(k for k in range(num_steps - 1, 0, -1) if len(set(DISCRETE_RULES[rule](num_timesteps, k))) == k + 1)
+    raise ValueError(f"the discrete grid rule {rule!r} at T = {num_timesteps} has coinciding steps for K = {num_steps}; "
+                     f"the largest K whose {rule!r} steps are distinct is {largest}")
 
 
 def discrete_grid(num_timesteps: int, num_steps: int, rule: str = "even") -> jax.Array:
@@ -137,11 +180,16 @@ def discrete_grid(num_timesteps: int, num_steps: int, rule: str = "even") -> jax
       rule: a key of ``DISCRETE_RULES``.
 
     Returns:
-      float32 [K + 1] (fewer where the rule merges steps), decreasing, ending at 1/T.
+      float32 [K + 1], decreasing, ending at 1/T (starting at 1, step T - 1, but for the
+      ``*_truncated`` rules).
+
+    Raises:
+      ValueError: for a K at which the rule's steps coincide (``ddim_quadratic_truncated`` for
+        K > about sqrt(0.8 T)); the message names the largest K at which they do not.
     """
     if rule not in DISCRETE_RULES:
         raise ValueError(f"unknown discrete grid rule {rule!r}; known rules: {sorted(DISCRETE_RULES)}")
     if not isinstance(num_steps, int) or not 1 <= num_steps < num_timesteps:
         raise ValueError(f"num_steps must be an int in [1, {num_timesteps}), got {num_steps!r}")
-    steps = np.asarray(DISCRETE_RULES[rule](num_timesteps, num_steps), dtype=np.float64)
+    steps = np.asarray(_distinct_steps(num_timesteps, num_steps, rule), dtype=np.float64)
     return jnp.asarray((steps[::-1] + 1.0) / num_timesteps, dtype=jnp.float32)

@@ -328,8 +328,8 @@ def test_discrete_grids():
     even = time_grids.discrete_grid(T, 10, "even")
     assert even.shape == (11,) and even.dtype == jnp.float32
     np.testing.assert_array_equal(process.model_step(even), [999, 899, 799, 699, 599, 500, 400, 300, 200, 100, 0])
-    np.testing.assert_array_equal(process.model_step(time_grids.discrete_grid(T, 10, "ddim")), np.arange(10, -1, -1) * 99)
-    quad = np.asarray(process.model_step(time_grids.discrete_grid(T, 10, "ddim_quadratic")))
+    np.testing.assert_array_equal(process.model_step(time_grids.discrete_grid(T, 10, "ddim_truncated")), np.arange(10, -1, -1) * 99)
+    quad = np.asarray(process.model_step(time_grids.discrete_grid(T, 10, "ddim_quadratic_truncated")))
     np.testing.assert_array_equal(quad, (np.linspace(0, np.sqrt(800), 11) ** 2).astype(int)[::-1])
     for rule in time_grids.DISCRETE_RULES:
         times = time_grids.discrete_grid(T, 25, rule)
