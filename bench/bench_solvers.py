@@ -138,11 +138,11 @@ def task_jax(args) -> dict:
     case = json.loads(args.case)
     experiment, config = cases_lib.build_config(case)
     recipe = build_recipe(experiment, config)
-    schedule = recipe.diffusion.schedule
-    spec = recipe.diffusion.spec
+    schedule = recipe.family.schedule
+    spec = recipe.family.spec
     process = discrete_process(schedule)
     denoise = make_denoise_fn(recipe.model, num_timesteps=schedule.original_num_timesteps,
-                              rescale_timesteps=recipe.rescale_timesteps)
+                              rescale_timesteps=recipe.family.rescale_timesteps)
     start = time.perf_counter()
     params = _random_params(recipe.model, recipe.input_shape)
     result = {"case": case, "batch": args.batch, "params": count_params(params), "input_shape": list(recipe.input_shape),
@@ -164,10 +164,10 @@ def task_jax(args) -> dict:
             if name not in solvers.SOLVERS:
                 rows.append(dict(solver=name, skipped="not registered in solvers.SOLVERS"))
                 continue
-            per_step = solvers.NFE_PER_STEP[name]
+            per_step = solvers.SOLVERS[name].nfe_per_step
             steps = max(1, args.nfe // per_step)
             nfe = steps * per_step
-            step = solvers.SOLVERS[name]
+            step = solvers.SOLVERS[name].step
             grid = time_grids.uniform_log_snr(process, steps)
 
             def real(p, x, grid, step=step):
@@ -197,7 +197,7 @@ def task_jax(args) -> dict:
         def draw(p, key):
             x_T = jax.random.normal(key, shape, jnp.float32)
             denoise_x0 = solvers.x0_predictor(denoise, p, spec, process)
-            return solvers.solve(solvers.SOLVERS["dpmpp_2m"], process, denoise_x0, x_T, grid, denoise_to_zero=True)
+            return solvers.solve(solvers.SOLVERS["dpmpp_2m"].step, process, denoise_x0, x_T, grid, denoise_to_zero=True)
 
         key = jax.random.key(3)
         draw_c, draw_compile_s = _compile(draw, params, key)

@@ -20,6 +20,8 @@ import os
 
 import numpy as np
 
+from diffjax.diffusion.solvers import SOLVERS
+
 
 def _load(path: str) -> list[dict]:
     """The rows of a sweep, one per entry (an entry run twice with the same seed gives the same
@@ -42,7 +44,7 @@ def _family(row: dict) -> str:
     return f"{row['solver']} ({settings['grid']})"
 
 
-STOCHASTIC = ("edm_stochastic", "euler_ancestral", "dpmpp_2m_sde", "ddpm", "pc")
+STOCHASTIC = tuple(name for name, solver in SOLVERS.items() if solver.stochastic)
 """Drawn dashed (the deterministic solvers solid, the chain dotted)."""
 
 COLUMNS = (5, 8, 10, 15, 20, 50, 100, 1000)

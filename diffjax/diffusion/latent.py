@@ -9,7 +9,7 @@ spherical interpolation of x_T, which keeps an interpolant of two N(0, I) draws 
 typical norm).
 
 * ``encode(step, process, denoise_x0, x_0, grid)``: ``solvers.solve`` over ``grid``
-  reversed (increasing time), with any deterministic solver step (``SOLVERS["ddim"]``,
+  reversed (increasing time), with any deterministic solver step (``SOLVERS["ddim"].step``,
   ``"euler"``, ``"heun"``, ``"dpmpp_2m"``, ``"dpmpp_3m"``, or a ``functools.partial`` of one).
   Every deterministic step is written for either direction: its update is a function of
   (t_cur, t_next) that does not assume t_next < t_cur (DDIM's exponential integrator and
@@ -56,11 +56,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax.diffusion.processes import NoiseProcess
-from diffjax.diffusion.solvers import SOLVERS, STOCHASTIC, X0Fn, solve
+from diffjax.diffusion.solvers import SOLVERS, X0Fn, solve
 
 __all__ = ["decode", "encode", "interpolate", "slerp"]
 
-_STOCHASTIC_STEPS = {SOLVERS[name]: name for name in STOCHASTIC}
+_STOCHASTIC_STEPS = {solver.step: name for name, solver in SOLVERS.items() if solver.stochastic}
 
 
 def _check_deterministic(step: Callable) -> None:
@@ -102,7 +102,7 @@ def encode(
     """DDIM's deterministic encoding: x_0 -> x_T by the probability-flow ODE forward in time.
 
     Args:
-      step: a deterministic solver step (a value of ``solvers.SOLVERS`` not in ``STOCHASTIC``,
+      step: a deterministic solver step (the ``step`` of a ``solvers.SOLVERS`` record that is not ``stochastic``,
         or a ``functools.partial`` of one); a stochastic one raises a ValueError.
       process: the noise process.
       denoise_x0: the data prediction ``denoise_x0(x, t)``.

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
-import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -20,21 +18,16 @@ from diffjax.diffusion.naive import NaiveDiffusion
 from diffjax.diffusion.processes import NoiseProcess, discrete_process
 from diffjax.diffusion.schedules import Schedule, respace
 
-__all__ = ["GRID_NAMES", "SOLVER_OPTION_DEFAULTS", "SamplerChoice", "accepted_options", "solver_grid"]
-
-SOLVER_OPTION_DEFAULTS = {
-    "eta": 1.0, "s_churn": 0.0, "s_tmin": 0.0, "s_tmax": math.inf, "s_noise": 1.0, "snr": 0.16,
-}
-"""The stochastic solvers' traced keyword options and their defaults (``config.sample.solver_options``):
-eta (Euler ancestral, DPM-Solver++(2M) SDE), S_churn / S_tmin / S_tmax / S_noise (EDM's
-Algorithm 2; S_noise also scales the others' noise) and snr (score_sde's Langevin corrector).
-Each solver receives the ones its step function accepts."""
+__all__ = ["GRID_NAMES", "SamplerChoice", "accepted_options", "solver_grid"]
 
 DISCRETE_GRID_PREFIX = "discrete_"
 GRID_NAMES = (*time_grids.GRIDS, *(DISCRETE_GRID_PREFIX + rule for rule in time_grids.DISCRETE_RULES))
 """``config.sample.grid``: a continuous grid of ``time_grids.GRIDS`` (fractional model steps
 between the trained ones) or ``discrete_<rule>`` (the trained integer steps strided by
-``time_grids.discrete_grid``'s rule)."""
+``time_grids.discrete_grid``'s rule). Every grid starts at the model's top time, where
+x_T ~ N(0, I) is drawn, but ``discrete_ddim_truncated`` and ``discrete_ddim_quadratic_truncated``:
+DDIM's exact spacings, for reproducing DDIM's tables, which start below the top step (at step
+800 of 1000 for the quadratic one) with the same x_T, an error no step count removes."""
 
 _ENTRY = re.compile(r"^([a-z0-9_]+):(\d+)(?::([a-z_]+))?$")
 
@@ -57,7 +50,9 @@ class SamplerChoice:
       classifier_scale: classifier guidance s (0: off; needs a ``GuidanceClassifier``).
       grid: a name of ``GRID_NAMES`` (solvers only).
       rho: the Karras grid's rho.
-      solver_options: (name, value) pairs of ``SOLVER_OPTION_DEFAULTS`` (solvers only).
+      solver_options: (name, value) pairs of ``solvers.option_defaults()``, every solver's
+        options (solvers only; each solver takes its own, ``solvers.SOLVERS[solver].options``
+        traced floats and ``.static_options`` compile-time bools such as ``lower_order_final``).
     """
 
     solver: str = ""
@@ -70,7 +65,7 @@ class SamplerChoice:
     classifier_scale: float = 0.0
     grid: str = "uniform_log_snr"
     rho: float = 7.0
-    solver_options: tuple[tuple[str, float], ...] = tuple(SOLVER_OPTION_DEFAULTS.items())
+    solver_options: tuple[tuple[str, float | bool], ...] = tuple(sorted(solvers.option_defaults().items()))
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any], entry: str | None = None) -> SamplerChoice:
@@ -80,13 +75,13 @@ class SamplerChoice:
         solver and K, "SOLVER:K:GRID" (e.g. "heun:4:karras") also the grid; anything else is
         a respacing of the discrete chain with the settings' ``method``."""
         s = settings
-        options = {**SOLVER_OPTION_DEFAULTS, **dict(s["solver_options"])}
+        options = {**solvers.option_defaults(), **dict(s["solver_options"])}
         choice = cls(
             solver=s["solver"], steps=str(s["steps"]), method=s["method"], eta=float(s["eta"]),
             clip_denoised=bool(s["clip_denoised"]), dynamic_threshold=float(s["dynamic_threshold"]),
             guidance_weight=float(s["guidance_weight"]), classifier_scale=float(s.get("classifier_scale", 0.0)),
             grid=s["grid"], rho=float(s["rho"]),
-            solver_options=tuple(sorted((k, float(v)) for k, v in options.items())),
+            solver_options=tuple(sorted((k, v if isinstance(v, bool) else float(v)) for k, v in options.items())),
         )
         if entry is None:
             return choice
@@ -96,27 +91,10 @@ class SamplerChoice:
             return dataclasses.replace(choice, solver=match.group(1), steps=match.group(2), grid=grid)
         return dataclasses.replace(choice, solver="", steps=entry)
 
-    def check(self, num_timesteps: int | None, family: str = "discrete") -> None:
-        """Raise ``ValueError`` naming what is wrong for a model of ``family`` ("discrete":
-        trained on T = ``num_timesteps``; "continuous"; "naive")."""
-        if family in ("naive", "classifier") and self.classifier_scale:
-            raise ValueError(f"classifier guidance steers a Gaussian diffusion model's sampler, not a {family} model")
-        if family == "classifier":
-            raise ValueError("a noise-conditional classifier draws no samples: it guides a diffusion model's sampler "
-                             "(sample.classifier_workdir and sample.classifier_scale of that model's command)")
-        if family == "naive":
-            if self.solver:
-                raise ValueError(f"naive diffusion has its own iterative sampler, not the solver {self.solver!r}: "
-                                 "set sample.solver='' and steps to the number of levels visited ('' for all)")
-            if self.steps and not self.steps.isdigit():
-                raise ValueError(f"naive diffusion takes steps = a number of levels or '', got {self.steps!r}")
-            return
-        if family == "continuous" and not self.solver:
-            raise ValueError("a continuous-time model is sampled by a solver (sample.solver, or SOLVER:K entries "
-                             f"in eval.sample_steps), not by the discrete chain ({self.label!r})")
-        if family == "continuous" and self.grid.startswith(DISCRETE_GRID_PREFIX):
-            raise ValueError(f"the grid {self.grid!r} strides a discrete chain; a continuous-time model takes "
-                             f"one of {sorted(time_grids.GRIDS)}")
+    def check(self, num_timesteps: int | None = None) -> None:
+        """Raise ``ValueError`` naming what is wrong with the choice itself: the chain's method, or the
+        solver, its steps, grid and options (a ``discrete_`` grid on a chain of T = ``num_timesteps``).
+        What a model family allows is its own ``check_choice``, which calls this."""
         if not self.solver:
             if self.method not in ("ddpm", "ddim"):
                 raise ValueError(f"unknown sampling method {self.method!r}; expected 'ddpm' or 'ddim'")
@@ -127,11 +105,15 @@ class SamplerChoice:
             raise ValueError(f"a solver takes a number of steps K >= 1, got steps={self.steps!r}")
         if self.grid not in GRID_NAMES:
             raise ValueError(f"unknown grid {self.grid!r}; known grids: {list(GRID_NAMES)}")
-        if self.grid.startswith(DISCRETE_GRID_PREFIX) and int(self.steps) >= num_timesteps:
-            raise ValueError(f"a discrete grid has fewer than T = {num_timesteps} steps, got {self.steps}")
-        unknown = set(dict(self.solver_options)) - set(SOLVER_OPTION_DEFAULTS)
+        if self.grid.startswith(DISCRETE_GRID_PREFIX):
+            if int(self.steps) >= num_timesteps:
+                raise ValueError(f"a discrete grid has fewer than T = {num_timesteps} steps, got {self.steps}")
+            time_grids.discrete_grid(num_timesteps, int(self.steps), self.grid[len(DISCRETE_GRID_PREFIX):])
+        known = solvers.option_defaults()
+        unknown = set(dict(self.solver_options)) - set(known)
         if unknown:
-            raise ValueError(f"unknown solver options {sorted(unknown)}; known: {sorted(SOLVER_OPTION_DEFAULTS)}")
+            raise ValueError(f"unknown solver options {sorted(unknown)}; known: {sorted(known)}")
+        self.options()  # the solver's own options: a static one must be a bool
         if not 0.0 <= self.dynamic_threshold < 1.0:
             raise ValueError(f"dynamic_threshold is a percentile in (0, 1) or 0 (off), got {self.dynamic_threshold}")
 
@@ -140,7 +122,7 @@ class SamplerChoice:
         """Whether x_T determines the sample (DDIM with eta = 0, a deterministic solver)."""
         if not self.solver:
             return self.method == "ddim" and self.eta == 0
-        return self.solver not in solvers.STOCHASTIC
+        return not solvers.SOLVERS[self.solver].stochastic
 
     @property
     def label(self) -> str:
@@ -163,7 +145,7 @@ class SamplerChoice:
         chain's length."""
         if not self.solver:
             return self.num_steps(model)
-        return solvers.NFE_PER_STEP[self.solver] * int(self.steps) + 1
+        return solvers.SOLVERS[self.solver].nfe_per_step * int(self.steps) + 1
 
     def settings(self) -> dict[str, Any]:
         """The settings that made the samples, for the records next to them."""
@@ -173,16 +155,32 @@ class SamplerChoice:
             return {**common, "sampler": "chain", "method": self.method, "steps": self.steps, "eta": self.eta}
         return {**common, "sampler": "solver", "solver": self.solver, "steps": int(self.steps), "grid": self.grid,
                 "rho": self.rho, "dynamic_threshold": self.dynamic_threshold,
-                "solver_options": accepted_options(self.solver, dict(self.solver_options))}
+                "solver_options": self.options()}
+
+    def options(self) -> dict[str, float | bool]:
+        """The solver's own options (traced and static) from ``solver_options``, defaults filled in
+        (``Solver.complete``; a ValueError names a bad one)."""
+        solver = solvers.SOLVERS[self.solver]
+        mine = {**solver.options, **solver.static_options}
+        return solver.complete({k: v for k, v in self.solver_options if k in mine})
+
+    def traced_options(self) -> dict[str, float]:
+        """The solver's traced float options (arguments of a compiled sampler: no recompiling)."""
+        return {k: v for k, v in self.options().items() if k in solvers.SOLVERS[self.solver].options}
+
+    def solver_step(self):
+        """The solver's step with its static options (``lower_order_final``) bound; bind the traced
+        ones (``traced_options``, possibly tracers) with ``functools.partial`` inside the compiled
+        function."""
+        solver = solvers.SOLVERS[self.solver]
+        static = {k: v for k, v in self.options().items() if k in solver.static_options}
+        return functools.partial(solver.step, **static) if static else solver.step
 
 
 def accepted_options(solver: str, options: Mapping[str, float]) -> dict[str, float]:
-    """The options the solver's step takes as keyword arguments."""
-    step = solvers.SOLVERS[solver]
-    bound = step.keywords if isinstance(step, functools.partial) else {}
-    function = step.func if isinstance(step, functools.partial) else step
-    parameters = inspect.signature(function).parameters
-    return {k: v for k, v in options.items() if k in parameters and k not in bound}
+    """The traced options of ``options`` that the solver takes (its static ones are bound by
+    ``SamplerChoice.solver_step``)."""
+    return {k: v for k, v in options.items() if k in solvers.SOLVERS[solver].options}
 
 
 def solver_grid(choice: SamplerChoice, model: Schedule | NoiseProcess) -> jax.Array:

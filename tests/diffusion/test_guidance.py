@@ -211,7 +211,7 @@ def exact_log_prob(params, x, t, labels):
 def _guided_sample(x_T, grid, scale, labels):
     grad_fn = guidance.classifier_grad_fn(exact_log_prob, None, labels)
     denoise_x0 = guidance.classifier_guided_x0(exact_x0, grad_fn, scale, PROCESS)
-    return solvers.solve(solvers.SOLVERS["dpmpp_2m"], PROCESS, denoise_x0, x_T, grid)
+    return solvers.solve(solvers.SOLVERS["dpmpp_2m"].step, PROCESS, denoise_x0, x_T, grid)
 
 
 guided_sample = jax.jit(_guided_sample)

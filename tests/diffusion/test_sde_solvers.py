@@ -19,7 +19,7 @@ from tests.diffusion.test_solvers import MEANS, STDS, WEIGHTS, MixtureX0, mixtur
 
 @functools.partial(jax.jit, static_argnames=("name", "denoise_x0", "static", "denoise_to_zero", "return_trajectory"))
 def run(name, process, denoise_x0, x_T, grid, key, parameters, static=(), denoise_to_zero=False, return_trajectory=False):
-    step = functools.partial(solvers.SOLVERS[name], **parameters, **dict(static))
+    step = functools.partial(solvers.SOLVERS[name].step, **parameters, **dict(static))
     return solvers.solve(
         step, process, denoise_x0, x_T, grid, key=key, denoise_to_zero=denoise_to_zero,
         return_trajectory=return_trajectory,
@@ -191,8 +191,8 @@ def test_pc_corrector_runs_before_the_predictor_with_its_nfe():
         step = functools.partial(solvers.pc_step, corrector_steps=steps)
         jax.jit(lambda x: solvers.solve(step, process, counting_x0, x, grid, key=jax.random.PRNGKey(7)))(x_T)
         assert len(calls) == steps + 1, (steps, len(calls))
-    assert solvers.NFE_PER_STEP["pc"] == 2 and solvers.NFE_PER_STEP["ddpm"] == 1
-    assert {"ddpm", "pc"} <= set(solvers.STOCHASTIC)
+    assert solvers.SOLVERS["pc"].nfe_per_step == 2 and solvers.SOLVERS["ddpm"].nfe_per_step == 1
+    assert solvers.SOLVERS["ddpm"].stochastic and solvers.SOLVERS["pc"].stochastic
 
 
 def test_invalid_static_parameters_raise():

@@ -136,7 +136,7 @@ def setup(name):
 
 @functools.partial(jax.jit, static_argnames=("name", "process", "denoise_x0"))
 def run(name, process, denoise_x0, x_T, grid, key, parameters):
-    step = functools.partial(solvers.SOLVERS[name], **parameters)
+    step = functools.partial(solvers.SOLVERS[name].step, **parameters)
     return solvers.solve(step, process, denoise_x0, x_T, grid, key=key)
 
 
@@ -161,7 +161,7 @@ def sample_errors(name, num_steps=None, num_samples=NUM_SAMPLES, seed=0):
     """(errors [11], standard errors [11] at num_samples, KS distance of the mixture coordinate)."""
     process, grid_fn, nfe, parameters = setup(name)
     if num_steps is None:
-        num_steps = nfe // solvers.NFE_PER_STEP.get(name, 1)
+        num_steps = nfe // solvers.SOLVERS[name].nfe_per_step
     grid = grid_fn(process, num_steps)
     (alpha_T, sigma_T), (alpha_0, sigma_0) = (
         (float(process.alpha(grid[i])), float(process.sigma(grid[i]))) for i in (0, -1)
@@ -215,7 +215,7 @@ if __name__ == "__main__":  # python tests/diffusion/test_solver_distributions.p
     names = sys.argv[1].split(",") if len(sys.argv) > 1 else list(solvers.SOLVERS)
     nfes = [int(v) for v in sys.argv[2].split(",")] if len(sys.argv) > 2 else None
     for name in names:
-        per_step = solvers.NFE_PER_STEP.get(name, 1)
+        per_step = solvers.SOLVERS[name].nfe_per_step
         for nfe in nfes or sorted({10, 15, 20, setup(name)[2]}):
             if nfe % per_step:
                 continue

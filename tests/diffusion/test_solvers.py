@@ -19,7 +19,7 @@ ORDERS = {"euler": 1, "ddim": 1, "heun": 2, "dpmpp_2m": 2, "dpmpp_3m": 3}
 @functools.partial(jax.jit, static_argnames=("name", "denoise_x0", "denoise_to_zero", "return_trajectory"))
 def run(name, process, denoise_x0, x_T, grid, denoise_to_zero=False, return_trajectory=False):
     return solvers.solve(
-        solvers.SOLVERS[name], process, denoise_x0, x_T, grid,
+        solvers.SOLVERS[name].step, process, denoise_x0, x_T, grid,
         denoise_to_zero=denoise_to_zero, return_trajectory=return_trajectory,
     )
 
@@ -297,7 +297,7 @@ def test_x0_predictor_reads_every_mean_type():
 def test_compiled_once_per_grid_length(name):
     """A new grid of the same length (other values, other ends) reuses the compiled solver; a
     new length traces again (the scan's length is static). Tracing the whole solve traces the
-    denoiser NFE_PER_STEP times, in the scan's body (Heun: the Euler step and the correction)."""
+    denoiser nfe_per_step times, in the scan's body (Heun: the Euler step and the correction)."""
     traces, calls = [], []
     process = processes.VPLinear()
     mixture = MixtureX0(process)
@@ -309,12 +309,12 @@ def test_compiled_once_per_grid_length(name):
     @jax.jit
     def sample(x_T, grid):
         traces.append(grid.shape)
-        return solvers.solve(solvers.SOLVERS[name], process, denoise_x0, x_T, grid)
+        return solvers.solve(solvers.SOLVERS[name].step, process, denoise_x0, x_T, grid)
 
     x_T = jnp.ones((4, 2))
     first = sample(x_T, time_grids.uniform_log_snr(process, 6))
     second = sample(x_T, time_grids.karras(process, 6, t_max=0.9, t_min=2e-3))
-    assert len(traces) == 1 and len(calls) == solvers.NFE_PER_STEP[name] and not np.allclose(first, second)
+    assert len(traces) == 1 and len(calls) == solvers.SOLVERS[name].nfe_per_step and not np.allclose(first, second)
     assert np.all(np.isfinite(first)) and np.all(np.isfinite(second))
     sample(x_T, time_grids.uniform_t(process, 7))
     assert len(traces) == 2
@@ -383,7 +383,7 @@ NUM_SAMPLES, DIM = 10_000, 2
 
 @functools.partial(jax.jit, static_argnames=("name", "denoise_x0"))
 def run_stochastic(name, process, denoise_x0, x_T, grid, key, parameters):
-    step = functools.partial(solvers.SOLVERS[name], **parameters)
+    step = functools.partial(solvers.SOLVERS[name].step, **parameters)
     return solvers.solve(step, process, denoise_x0, x_T, grid, key=key)
 
 
@@ -502,7 +502,7 @@ def sample_conditional(name, x_T, labels, guidance_weight, key):
     if guidance_weight is not None:
         denoise = samplers.classifier_free_guidance(denoise, guidance_weight, jnp.full_like(labels, NULL_CLASS))
     denoise_x0 = solvers.x0_predictor(denoise, None, DiffusionSpec("x0", "fixed_small"), process, labels)
-    step = solvers.SOLVERS[name]
+    step = solvers.SOLVERS[name].step
     if name in STOCHASTIC_CASES:
         step = functools.partial(step, **STOCHASTIC_CASES[name][0])
     return solvers.solve(step, process, denoise_x0, x_T, time_grids.uniform_log_snr(process, 6), key=key)

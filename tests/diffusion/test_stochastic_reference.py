@@ -68,7 +68,7 @@ class MixtureX0:
 
 @functools.partial(jax.jit, static_argnames=("name", "denoise_x0"))
 def run(name, process, denoise_x0, x_T, grid, key, parameters):
-    step = functools.partial(solvers.SOLVERS[name], **parameters)
+    step = functools.partial(solvers.SOLVERS[name].step, **parameters)
     return solvers.solve(step, process, denoise_x0, x_T, grid, key=key, return_trajectory=True)
 
 

@@ -21,7 +21,8 @@ Karras et al. 2022, eq. 4 with s = alpha) in data prediction D = E[x_0 | x_t] is
 and in EDM's scaled variable y = x / alpha_t with sigma~_t = sigma_t / alpha_t as time it is
 dy/dsigma~ = (y - D) / sigma~ (Karras et al. 2022, eq. 3 after the change of variable).
 
-The solvers (NFE = denoiser calls per step):
+The solvers (``SOLVERS``: name -> ``Solver`` record, with its NFE = denoiser calls per step,
+whether it is stochastic, and its traced and static options with their defaults):
 
 * ``euler_step`` (1): explicit Euler in t on the first form above; (log alpha)' and
   (log sigma)' come from ``jax.jvp`` of the process (on a ``DiscreteVP`` they are the slopes
@@ -35,19 +36,15 @@ The solvers (NFE = denoiser calls per step):
   sigma~_{t'} = 0. For ``processes.EDM`` (alpha = 1) y is x and sigma~ is sigma. Second order.
 * ``dpmpp_2m_step`` (1): DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2): D_i = (1 + 1/(2r))
   x0_i - 1/(2r) x0_{i-1}, r = h_{i-1}/h_i, in the first-order formula; first-order on the
-  first step (no history) and, with ``lower_order_final`` (default), on the last step
-  (the lower-order final step that keeps few-step sampling stable). Second order.
+  first step (no history), on a step that lands on sigma = 0 (``lands_on_zero_noise``: h is
+  infinite there) and, with ``lower_order_final`` (default), on the last step (the lower-order
+  final step that keeps few-step sampling stable). Second order.
 * ``dpmpp_3m_step`` (1): DPM-Solver++(3M): the Taylor expansion of x0 in lambda to second
   order (Lu et al. 2022b, eq. 8), its derivatives from the quadratic through the last three
   predictions, each term integrated exactly; orders 1, 2 on the first two steps and, with
   ``lower_order_final``, 2, 1 on the last two. Third order. The second-derivative term is
   alpha' (h^2 - 2h + 2 - 2e^{-h}) x0''/2, the exact integral of u^2 e^{-(h - u)} over the
-  step. DPM-Solver's own multistep third-order update (``dpmsolver++``) uses
-  D2 = (D1_0 - D1_1)/(r0 + r1), which is h^2 x0''/2 to leading order, with the weight
-  -phi_3 = -(phi_2/h - 1/2): alpha' (h^2/2 - h + 1 - e^{-h}) x0''/2, half the exact term
-  (read in its code on 2026-11-30, not run). With that half weight the measured order on
-  Gaussian data is ~1.9 (Karras grids, K = 32..256), not 3; with the exact weight it is
-  3.0 (tests/test_solvers.py).
+  step (DPM-Solver's own code weights it by half: ``docs/solvers.md``).
 * ``unipc_step`` (1; ``SOLVERS``: ``unipc_2``, ``unipc_3``, order 2 or 3, B(h) = e^h - 1):
   UniPC (Zhao et al. 2023) in data prediction, in ``solvers.unipc``. The predictor UniP-p,
   x' = (sigma'/sigma) x^c - alpha' (e^{-h} - 1) x0_i - alpha' B(-h) sum_m a_m D_m / r_m with
@@ -93,11 +90,10 @@ al. 2022 (EDM) eqs. 3-4 and Algorithm 1; Lu et al. 2022a (DPM-Solver) and 2022b
 (DPM-Solver++) section 4 and Algorithm 2; Zhao et al. 2023 (UniPC) section 3 and appendix.
 """
 
-from functools import partial
-
-from diffjax.diffusion.solvers.core import History, X0Fn, solve, step_key, x0_predictor
+from diffjax.diffusion.solvers.core import History, X0Fn, lands_on_zero_noise, solve, step_key, x0_predictor
 from diffjax.diffusion.solvers.ode import ddim_step, dpmpp_2m_step, dpmpp_3m_step, euler_step, heun_step
 from diffjax.diffusion.solvers.options import clip_x0, dynamic_threshold
+from diffjax.diffusion.solvers.registry import SOLVERS, Solver, option_defaults
 from diffjax.diffusion.solvers.sde import (
     ddpm_ancestral_step,
     dpmpp_2m_sde_step,
@@ -109,10 +105,9 @@ from diffjax.diffusion.solvers.unipc import unipc_step
 
 __all__ = [
     "History",
-    "X0Fn",
-    "NFE_PER_STEP",
     "SOLVERS",
-    "STOCHASTIC",
+    "Solver",
+    "X0Fn",
     "clip_x0",
     "ddim_step",
     "ddpm_ancestral_step",
@@ -124,30 +119,11 @@ __all__ = [
     "euler_ancestral_step",
     "euler_step",
     "heun_step",
+    "lands_on_zero_noise",
+    "option_defaults",
     "pc_step",
     "solve",
     "step_key",
     "unipc_step",
     "x0_predictor",
 ]
-
-SOLVERS = {
-    "euler": euler_step, "ddim": ddim_step, "heun": heun_step, "dpmpp_2m": dpmpp_2m_step, "dpmpp_3m": dpmpp_3m_step,
-    "unipc_2": partial(unipc_step, order=2), "unipc_3": partial(unipc_step, order=3),
-    "edm_stochastic": edm_stochastic_step, "euler_ancestral": euler_ancestral_step, "dpmpp_2m_sde": dpmpp_2m_sde_step,
-    "ddpm": ddpm_ancestral_step, "pc": pc_step,
-}
-"""The solvers by name; ``NFE_PER_STEP`` gives their denoiser calls per step. Those in
-``STOCHASTIC`` draw noise: ``solve`` gives them its ``key``."""
-
-STOCHASTIC = ("edm_stochastic", "euler_ancestral", "dpmpp_2m_sde", "ddpm", "pc")
-"""The stochastic solvers of ``SOLVERS``; their parameters (S_churn, eta, ...) are keyword
-arguments, bound with ``functools.partial``."""
-
-NFE_PER_STEP = {
-    "euler": 1, "ddim": 1, "heun": 2, "dpmpp_2m": 1, "dpmpp_3m": 1, "edm_stochastic": 2, "euler_ancestral": 1,
-    "unipc_2": 1, "unipc_3": 1,
-    "dpmpp_2m_sde": 1, "ddpm": 1, "pc": 2,
-}
-"""Denoiser calls per step (``heun``, ``edm_stochastic``: 1 on a step that lands on sigma~ = 0;
-``pc``: 1 + corrector_steps, 2 at its default of one corrector step)."""
