@@ -103,8 +103,8 @@ def _even_steps(num_timesteps: int, num_steps: int) -> list[int]:
 
 
 def _ddim_steps(num_timesteps: int, num_steps: int) -> list[int]:
-    stride = (num_timesteps - 1) // num_steps
-    return [i * stride for i in range(num_steps)] + [num_timesteps - 1]
+    stride, remainder = divmod(num_timesteps - 1, num_steps)
+    return [i * stride + max(0, i - (num_steps - remainder)) for i in range(num_steps + 1)]
 
 
 def _ddim_quadratic_steps(num_timesteps: int, num_steps: int) -> list[int]:
@@ -133,9 +133,9 @@ The first three start at the top step T - 1, where x_T ~ N(0, I) is the chain's 
 
 * ``even``: improved DDPM's ``space_timesteps(T, K + 1)``, K + 1 evenly spaced steps with
   both ends 0 and T - 1 (rounded half to even).
-* ``ddim``: DDIM's "uniform" skip from step 0 with the integer stride c = (T - 1) // K:
-  0, c, ..., (K - 1) c, then T - 1 (the top gap is c + (T - 1) mod K; all gaps are c when K
-  divides T - 1).
+* ``ddim``: DDIM's "uniform" skip from step 0 with the integer stride c = (T - 1) // K, the
+  remainder r = (T - 1) mod K spread over the top r gaps (c + 1 each): 0, c, 2c, ..., up to
+  T - 1 (DDIM's own steps when K divides T - 1).
 * ``ddim_quadratic``: DDIM's "quad" skip over the whole chain, n_i = floor((i/K)^2 (T - 1))
   (floor(linspace(0, sqrt(T - 1), K + 1)^2), the last one T - 1), raised to at least i so
   that the steps near 0 stay one apart (they would merge for K > sqrt(T - 1)).
