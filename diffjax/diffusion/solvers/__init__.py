@@ -56,8 +56,9 @@ whether it is stochastic, and its traced and static options with their defaults)
   (order min(p, i + 1) on step i) and ``lower_order_final`` as DPM-Solver++; the carry keeps
   the corrected state (``History.x``). No corrector after the last step (it would cost one
   more NFE): the result is the last prediction. Measured on Gaussian data: UniPC-2 third
-  order, UniPC-3 fourth order (UniC-p on UniP-p, p + 1); ``use_corrector=False``: UniP-p,
-  order p.
+  order, UniPC-3 fourth order (UniC-p on UniP-p, p + 1; with ``lower_order_final`` less on
+  a VP process: the settings of each measured order are in ``docs/solvers.md``);
+  ``use_corrector=False``: UniP-p, order p.
 
 The stochastic solvers (their parameters are keyword arguments, bound with
 ``functools.partial``, and may be traced; the noise of step i is drawn from
