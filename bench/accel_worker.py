@@ -254,13 +254,13 @@ def task_jax_sample(args, prog: Progress) -> None:
     prog.save(device=_device_info(), steps=args.sample_steps, batch=args.sample_batch)
     config, recipe, mesh, state, _ = _state_and_step(case, "fill", prog)
     params = state.params
-    schedule, _ = respace(recipe.diffusion.schedule, f"ddim{args.sample_steps}")
+    schedule, _ = respace(recipe.family.schedule, f"ddim{args.sample_steps}")
     denoise = make_denoise_fn(recipe.model, num_timesteps=schedule.original_num_timesteps,
-                              rescale_timesteps=recipe.rescale_timesteps)
+                              rescale_timesteps=recipe.family.rescale_timesteps)
     shape = (args.sample_batch, *recipe.input_shape)
 
     def draw(p, key):
-        return sample(denoise, p, schedule, recipe.diffusion.spec, key, shape, method="ddim", eta=0.0)
+        return sample(denoise, p, schedule, recipe.family.spec, key, shape, method="ddim", eta=0.0)
 
     x = jax.random.normal(jax.random.key(2), shape, jnp.float32)
     t = jnp.full((args.sample_batch,), 500, jnp.int32)

@@ -218,7 +218,7 @@ def _flat_train_step(recipe, optimizer, ema_decay, mesh):
     from diffjax.models.denoiser import make_denoise_fn
     from diffjax.runtime.mesh import data_sharding, replicated_sharding
 
-    diffusion = recipe.diffusion
+    diffusion = recipe.family
 
     def step(flat, batch):
         # flat: (step, params_vec, ema_vec, opt_state over the vector, sampler_state, rng); unravel is static.
@@ -231,7 +231,7 @@ def _flat_train_step(recipe, optimizer, ema_decay, mesh):
         noise = jax.random.normal(key_noise, x0.shape, x0.dtype)
         x_t = q_sample(schedule, x0, t, noise)
         denoise = make_denoise_fn(recipe.model, num_timesteps=schedule.original_num_timesteps,
-                                  rescale_timesteps=recipe.rescale_timesteps, train=True, dropout_key=key_dropout)
+                                  rescale_timesteps=recipe.family.rescale_timesteps, train=True, dropout_key=key_dropout)
 
         def loss_fn(pv):
             out = denoise(unravel(pv), x_t, schedule.timestep_map[t], None)
@@ -309,7 +309,7 @@ def worker_parts(args) -> dict:
 
     case = json.loads(args.case)
     config, recipe, mesh, optimizer, state, batch, step = _step_parts(case)
-    diffusion = recipe.diffusion
+    diffusion = recipe.family
     schedule = diffusion.schedule
     params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state.params)
     x0 = jax.ShapeDtypeStruct(batch["image"].shape, jnp.float32)
@@ -319,7 +319,7 @@ def worker_parts(args) -> dict:
         noise = jax.random.normal(key, x0.shape)
         x_t = q_sample(schedule, x0, t, noise)
         denoise = make_denoise_fn(recipe.model, num_timesteps=schedule.original_num_timesteps,
-                                  rescale_timesteps=recipe.rescale_timesteps, train=train,
+                                  rescale_timesteps=recipe.family.rescale_timesteps, train=train,
                                   dropout_key=key if train else None)
 
         def loss(p):
@@ -330,7 +330,7 @@ def worker_parts(args) -> dict:
 
     key = jax.ShapeDtypeStruct((2,), jnp.uint32)
     if args.how == "forward":
-        denoise = make_denoise_fn(recipe.model, num_timesteps=1000, rescale_timesteps=recipe.rescale_timesteps)
+        denoise = make_denoise_fn(recipe.model, num_timesteps=1000, rescale_timesteps=recipe.family.rescale_timesteps)
         t = jax.ShapeDtypeStruct((x0.shape[0],), jnp.int32)
         lowered = jax.jit(lambda p, x, t: denoise(p, x, t, None)).lower(params, x0, t)
     elif args.how in ("grad", "grad_dropout"):

@@ -94,7 +94,7 @@ def main() -> None:
         result["xla_compiled"] = xla_cost_flops(compiled)
         result["count_of_compiled_text"] = count_hlo_text(compiled.as_text()).as_dict()
 
-    denoise = make_denoise_fn(recipe.model, num_timesteps=1000, rescale_timesteps=recipe.rescale_timesteps)
+    denoise = make_denoise_fn(recipe.model, num_timesteps=1000, rescale_timesteps=recipe.family.rescale_timesteps)
     x = jax.ShapeDtypeStruct((b, *recipe.input_shape), jnp.float32)
     t = jax.ShapeDtypeStruct((b,), jnp.int32)
     fwd = jax.jit(lambda p, x, t: denoise(p, x, t, None)).lower(state.params, x, t)

@@ -157,15 +157,15 @@ def task_train(args) -> dict:
         result["matmul"] = _matmul_gflops(args.matmul, reps=max(3, args.reps))
 
     if args.sample_steps:
-        schedule, _ = respace(recipe.diffusion.schedule, f"ddim{args.sample_steps}")
+        schedule, _ = respace(recipe.family.schedule, f"ddim{args.sample_steps}")
         denoise = make_denoise_fn(
-            recipe.model, num_timesteps=schedule.original_num_timesteps, rescale_timesteps=recipe.rescale_timesteps
+            recipe.model, num_timesteps=schedule.original_num_timesteps, rescale_timesteps=recipe.family.rescale_timesteps
         )
         shape = (args.sample_batch, *recipe.input_shape)
         params = counter["state"].ema_params
 
         def draw(p, key):
-            return sample(denoise, p, schedule, recipe.diffusion.spec, key, shape, method="ddim", eta=0.0)
+            return sample(denoise, p, schedule, recipe.family.spec, key, shape, method="ddim", eta=0.0)
 
         start = time.perf_counter()
         draw_c = jax.jit(draw).lower(params, jax.random.key(0)).compile()

@@ -103,7 +103,7 @@ def jax_side(args) -> dict:
     init_c, out["compile"]["init_s"] = compile_timed(init_jit, jax.random.PRNGKey(0))
     state = init_c(jax.random.PRNGKey(0))
     batch = global_batch(mesh, next(recipe.train_batches(0)))
-    schedule = recipe.diffusion.schedule
+    schedule = recipe.family.schedule
 
     # Full step and its variants.
     step_c, out["compile"]["step_s"] = compile_timed(make_train_step(recipe, optimizer, config.train.ema_decay, mesh), state, batch)
@@ -151,25 +151,25 @@ def jax_side(args) -> dict:
 
     # Parts of the step.
     denoise_eval = make_denoise_fn(recipe.model, num_timesteps=schedule.original_num_timesteps,
-                                   rescale_timesteps=recipe.rescale_timesteps)
+                                   rescale_timesteps=recipe.family.rescale_timesteps)
     x0 = batch["image"]
     t = jnp.full((x0.shape[0],), 500, jnp.int32)
     key = jax.random.key(3)
 
     def forward_train(params, x, t, key):
         denoise = make_denoise_fn(recipe.model, num_timesteps=schedule.original_num_timesteps,
-                                  rescale_timesteps=recipe.rescale_timesteps, train=True, dropout_key=key)
+                                  rescale_timesteps=recipe.family.rescale_timesteps, train=True, dropout_key=key)
         return denoise(params, x, t, None)
 
     def loss_and_grad(params, x0, key):
         key_t, key_noise, key_dropout = jax.random.split(key, 3)
-        t, weights = recipe.diffusion.timestep_sampler.sample(state.sampler_state, key_t, x0.shape[0])
+        t, weights = recipe.family.timestep_sampler.sample(state.sampler_state, key_t, x0.shape[0])
         noise = jax.random.normal(key_noise, x0.shape, x0.dtype)
         x_t = q_sample(schedule, x0, t, noise)
 
         def loss_fn(p):
             output = forward_train(p, x_t, schedule.timestep_map[t], key_dropout)
-            terms = training_losses(recipe.diffusion.spec, recipe.diffusion.objective, schedule, output, x0, x_t, t, noise)
+            terms = training_losses(recipe.family.spec, recipe.family.objective, schedule, output, x0, x_t, t, noise)
             return jnp.mean(weights * terms["loss"])
 
         return jax.value_and_grad(loss_fn)(params)

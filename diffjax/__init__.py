@@ -14,10 +14,14 @@ The pure diffusion math (``diffjax.diffusion``) is importable from the top level
 * ``timesteps``: uniform and loss-aware importance sampling of t.
 * ``samplers``: DDPM ancestral and DDIM in ``lax.scan``, classifier-free guidance.
 * ``solvers``: deterministic probability-flow ODE solvers in the continuous view (Euler,
-  DDIM, EDM's Heun, DPM-Solver++ 2M and 3M) and stochastic samplers (EDM's Algorithm 2,
-  Euler ancestral, DPM-Solver++(2M) SDE), by name in ``SOLVERS``, run by ``solve`` over a
-  time grid; ``x0_predictor`` makes a diffjax denoiser their data prediction, ``clip_x0``
-  and ``dynamic_threshold`` (Imagen) wrap it.
+  DDIM, EDM's Heun, DPM-Solver++ 2M and 3M, UniPC-2/3) and stochastic samplers (EDM's
+  Algorithm 2, Euler ancestral, DPM-Solver++(2M) SDE, DDPM's ancestral step, score_sde's
+  predictor-corrector), each a ``Solver`` record in ``SOLVERS`` (its step, NFE per step,
+  options), run by ``solve`` over a time grid; ``x0_predictor`` makes a diffjax denoiser
+  their data prediction, ``clip_x0`` and ``dynamic_threshold`` (Imagen) wrap it.
+* model families (``diffjax.diffusion.families``): one object per kind of model (the
+  discrete chain, continuous-time VP / EDM / VDM models, naive diffusion, a noise-conditional
+  classifier) that owns its losses, data prediction, samplers and bounds.
 * ``likelihood``: the full variational bound in bits/dim.
 
 A denoiser is any ``denoise(params, x_t, t, cond) -> output`` with x_t [B, ...] and t

@@ -16,18 +16,14 @@ training. ``--mode=eval``: the continuous bound and the probability-flow ODE bou
 against NFE.
 """
 
+from diffjax.run.config import set_family
 from diffjax.run.experiments import comparison_base, load_experiment
 
 
 def get_config(arg: str | None = None):
     config, words = comparison_base(arg, "digits_edm")
     smoke = "smoke" in words
-    d = config.diffusion
-    d.family = "continuous"
-    d.process = "edm"
-    d.prediction = "edm"
-    d.weighting = "edm"
-    d.noise_sampler = "log_normal"
+    set_family(config, "continuous", process="edm", prediction="edm", weighting="edm", noise_sampler="log_normal")
     load_experiment("digits_vdm").set_continuous_sampling(config, smoke)
     config.sample.solver = "heun"
     config.sample.steps = "2" if smoke else "17"

@@ -4,7 +4,7 @@
     python launch.py --config experiments/digits_iddpm.py:hybrid_cosine --workdir runs/digits_iddpm/hybrid_cosine --mode=eval
 
 Variant ``OBJECTIVE_SCHEDULE``, OBJECTIVE in {simple, hybrid, vlb}, SCHEDULE in {linear,
-cosine}. ``scripts/reproduce_digits.sh`` trains and evaluates all six and writes the table
+cosine}, optionally ``,smoke`` (a few steps, for tests). ``scripts/reproduce_digits.sh`` trains and evaluates all six and writes the table
 of docs/results_digits.md. Hardware: 2 CPU cores, about 6-8 minutes per run (training and
 evaluation).
 
@@ -18,14 +18,18 @@ with the strided ancestral sampler (which uses the learned variance) at 1000, 10
 25 steps.
 """
 
-from diffjax.run.config import base_config, set_model
+from diffjax.run.config import base_config, set_family, set_model
+from diffjax.run.experiments import load_experiment
 
 OBJECTIVES = ("simple", "hybrid", "vlb")
 SCHEDULES = ("linear", "cosine")
 
 
 def get_config(arg: str | None = None):
-    objective, _, schedule = (arg or "hybrid_cosine").partition("_")
+    variant, _, smoke = (arg or "").partition(",")
+    if smoke not in ("", "smoke"):
+        raise ValueError(f"unknown option {smoke!r} of digits_iddpm: use OBJECTIVE_SCHEDULE or OBJECTIVE_SCHEDULE,smoke")
+    objective, _, schedule = (variant or "hybrid_cosine").partition("_")
     if objective not in OBJECTIVES or schedule not in SCHEDULES:
         raise ValueError(f"variant must be OBJECTIVE_SCHEDULE with OBJECTIVE in {OBJECTIVES} and SCHEDULE in {SCHEDULES}; got {arg!r}")
     config = base_config()
@@ -36,12 +40,9 @@ def get_config(arg: str | None = None):
     config.data.channels = 1
     config.data.random_flip = False
     set_model(config, "digits")
-    config.model.rescale_timesteps = True
-    config.diffusion.schedule = schedule
-    config.diffusion.timesteps = 1000
-    config.diffusion.objective = objective
-    config.diffusion.var_type = "fixed_large" if objective == "simple" else "learned_range"
-    config.diffusion.timestep_sampler = "loss_second_moment" if objective == "vlb" else "uniform"
+    set_family(config, "discrete", schedule=schedule, timesteps=1000, objective=objective,
+               var_type="fixed_large" if objective == "simple" else "learned_range",
+               timestep_sampler="loss_second_moment" if objective == "vlb" else "uniform", rescale_timesteps=True)
     config.train.batch_size = 128
     config.train.num_steps = 800
     config.train.lr = 1e-3
@@ -57,4 +58,7 @@ def get_config(arg: str | None = None):
     config.eval.num_examples = 100
     config.eval.sample_steps = "1000 100 50 25"
     config.eval.num_samples = 200
+    if smoke:  # digits_ddpm's smoke budget; the strided ancestral sampler at 5 steps
+        load_experiment("digits_ddpm").set_smoke(config)
+        config.sample.steps = config.eval.sample_steps = "5"
     return config

@@ -4,7 +4,8 @@
     python launch.py --config experiments/iddpm_cifar10.py:vlb_cosine --workdir runs/iddpm_c10_vlb
 
 Variant ``OBJECTIVE_SCHEDULE`` with OBJECTIVE in {simple, hybrid, vlb} and SCHEDULE in
-{linear, cosine} (default ``hybrid_cosine``, the released ``cifar10_uncond_50M_500K``).
+{linear, cosine} (default ``hybrid_cosine``, the released ``cifar10_uncond_50M_500K``), optionally
+``,smoke`` (the recipe at tiny width on the offline digits, for tests: ``ddpm_cifar10.set_smoke``).
 Hardware: GPU/TPU; the release trained 500k steps at batch 128. Expect (paper, T=4000,
 hybrid+cosine): NLL about 2.94 bits/dim, FID about 2.9 with 4000 steps and near its best
 with 100 sampling steps.
@@ -17,7 +18,8 @@ loss-second-moment importance sampler. AdamW lr 1e-4, no warmup, no clipping, EM
 0.9999, timesteps rescaled to 0..1000, no random flips (the released loader used none).
 """
 
-from diffjax.run.config import base_config, set_model
+from diffjax.run.config import base_config, set_family, set_model
+from diffjax.run.experiments import load_experiment
 
 OBJECTIVES = ("simple", "hybrid", "vlb")
 SCHEDULES = ("linear", "cosine")
@@ -29,12 +31,9 @@ def improved_ddpm(config, arg: str | None):
     if objective not in OBJECTIVES or schedule not in SCHEDULES:
         raise ValueError(f"variant must be OBJECTIVE_SCHEDULE with OBJECTIVE in {OBJECTIVES} and SCHEDULE in {SCHEDULES}; got {arg!r}")
     config.data.random_flip = False
-    config.model.rescale_timesteps = True
-    config.diffusion.timesteps = 4000
-    config.diffusion.schedule = schedule
-    config.diffusion.objective = objective
-    config.diffusion.var_type = "fixed_large" if objective == "simple" else "learned_range"
-    config.diffusion.timestep_sampler = "loss_second_moment" if objective == "vlb" else "uniform"
+    set_family(config, "discrete", timesteps=4000, schedule=schedule, objective=objective,
+               var_type="fixed_large" if objective == "simple" else "learned_range",
+               timestep_sampler="loss_second_moment" if objective == "vlb" else "uniform", rescale_timesteps=True)
     config.train.lr = 1e-4
     config.train.warmup_steps = 0
     config.train.grad_clip = 0.0
@@ -45,7 +44,19 @@ def improved_ddpm(config, arg: str | None):
 
 
 def get_config(arg: str | None = None):
-    config = improved_ddpm(base_config(), arg)
+    variant, smoke = split_smoke(arg)
+    config = improved_ddpm(base_config(), variant)
     config.experiment = "iddpm_cifar10"
     set_model(config, "iddpm_cifar10")
+    if smoke:
+        load_experiment("ddpm_cifar10").set_smoke(config)
     return config
+
+
+def split_smoke(arg: str | None) -> tuple[str | None, bool]:
+    """``OBJECTIVE_SCHEDULE[,smoke]`` as (the variant, whether ``smoke`` was given): the smoke
+    variant is the recipe at tiny width on the digits (``ddpm_cifar10.set_smoke``)."""
+    variant, _, smoke = (arg or "").partition(",")
+    if smoke not in ("", "smoke"):
+        raise ValueError(f"unknown option {smoke!r}: use OBJECTIVE_SCHEDULE or OBJECTIVE_SCHEDULE,smoke")
+    return variant or None, smoke == "smoke"

@@ -40,6 +40,7 @@ def get_config(arg: str | None = None):
         config.train.sample_every = 4
         config.sample.steps = "ddim5"
         config.sample.num = 16
+        config.eval.num_samples = 64  # --mode=eval in seconds
     elif smoke:
         raise ValueError(f"unknown toy2d option {smoke!r}; use NAME or NAME,smoke")
     return config

@@ -61,7 +61,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     _, recipe, params = restore_experiment(args.experiment, args.workdir, make_mesh())
-    diffusion = recipe.diffusion
+    diffusion = recipe.family
     if not (isinstance(diffusion, ContinuousDiffusion) and diffusion.process == "vdm"):
         raise SystemExit("loss_variance.py needs a continuous model on the vdm process (experiments/digits_vdm.py)")
     x = jnp.asarray(_test_images(recipe, args.num_examples))

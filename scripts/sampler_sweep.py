@@ -33,7 +33,7 @@ from diffjax.run.experiments import build_recipe, load_experiment
 from diffjax.run.restore import chosen_params, restore_train_state
 from diffjax.run.scorers import sample_scorer
 from diffjax.runtime.mesh import make_mesh
-from diffjax.runtime.sampling import SamplerChoice, make_sampler, model_family
+from diffjax.runtime.sampling import SamplerChoice, make_sampler
 
 
 def _apply_overrides(config, overrides):
@@ -84,8 +84,8 @@ def main(argv=None):
         started = time.perf_counter()
         samples = make_sampler(recipe, mesh, num_samples=args.num_samples, choice=choice)(params, key)
         seconds = time.perf_counter() - started
-        row = {"entry": entry, **quality_row(choice, recipe.diffusion, scorer.score(samples), seconds), "seed": args.seed,
-               "family": model_family(recipe.diffusion)}
+        row = {"entry": entry, **quality_row(choice, recipe.family, scorer.score(samples), seconds), "seed": args.seed,
+               "family": recipe.family.name}
         rows.append(row)
         done.add(entry)  # an entry listed twice runs once
         with open(path, "a") as f:
@@ -94,7 +94,7 @@ def main(argv=None):
             recipe.save_samples(samples[:100], os.path.join(eval_dir, f"sweep_{entry.replace(':', '_')}.png"))
         print(f"{entry:28s} NFE {row['nfe']:5d}  {scorer.headline} {row[scorer.headline]:8.3f}  ({seconds:.0f} s)",
               flush=True)
-        record = quality_record(int(state.step), params_name, scorer, config.sample, args.num_samples, recipe.diffusion,
+        record = quality_record(int(state.step), params_name, scorer, config.sample, args.num_samples, recipe.family,
                                 rows)
         with open(os.path.join(eval_dir, "sample_quality.json"), "w") as f:
             json.dump(record, f, indent=2)

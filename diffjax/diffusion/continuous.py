@@ -51,8 +51,9 @@ Shapes: x_0 [B, ...], t [B], losses [B].
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from typing import Any
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import chex
 import flax.linen as nn
@@ -60,8 +61,10 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from diffjax.diffusion import vdm, weighting
+from diffjax.diffusion import time_grids, vdm, weighting
 from diffjax.diffusion.edm import EDMPrecond
+from diffjax.diffusion.families.base import Draw, check_one_of
+from diffjax.diffusion.families.gaussian import DISCRETE_GRID_PREFIX, solver_draw
 from diffjax.diffusion.parameterization import DiffusionSpec, x0_from_mean_part
 from diffjax.diffusion.processes import NoiseProcess, expand_to_rank, named_process
 
@@ -180,18 +183,65 @@ class ContinuousDiffusion:
     snr_gamma: float = 5.0
     discrete_data: bool = True
 
+    name: ClassVar[str] = "continuous"
+    gaussian: ClassVar[bool] = True
+    draws_samples: ClassVar[bool] = True
+    bounds: ClassVar[tuple[str, ...]] = ("elbo", "ode_nll")
+    num_timesteps: ClassVar[None] = None
+    CONFIG: ClassVar[Mapping[str, Any]] = {
+        "process": "vp_linear",  # vp_linear, vp_cosine, edm, vdm
+        "prediction": "eps",  # eps, x0, v, edm (Karras et al.'s c_skip/c_out/c_in)
+        "weighting": "eps_mse",  # a key of weighting.WEIGHTINGS: x0_mse, eps_mse, v_mse, min_snr, elbo, edm
+        "noise_sampler": "uniform",  # uniform (t, low-discrepancy) or log_normal (EDM's sigma; process edm)
+        "gamma_schedule": "fixed_linear",  # process vdm: fixed_linear, learned_linear, monotone
+        "gamma_0": vdm.GAMMA_0,  # process vdm: gamma(0) = -log SNR at t = 0 (initial value if learned)
+        "gamma_1": vdm.GAMMA_1,  # process vdm: gamma(1)
+        "learn_endpoints": True,  # monotone schedule: learn gamma_0, gamma_1 by the bound
+        "schedule_hidden": 1024,  # monotone schedule: width of its hidden layer (VDM: 1024)
+        "variance_gradient": True,  # monotone schedule: its shape minimises the loss variance
+        "sigma_data": 0.5,  # EDM's sigma_d (prediction edm, weighting edm)
+        "p_mean": -1.2,  # EDM's log-normal training sigma: ln sigma ~ N(p_mean, p_std^2)
+        "p_std": 1.2,
+        "snr_gamma": 5.0,  # min-SNR's gamma
+    }
+    MODULE_KEYS: ClassVar[tuple[str, ...]] = ("learn_endpoints", "schedule_hidden")
+    """Keys of the learned schedule's network (built by ``run/``, passed as ``schedule``)."""
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any], *, discrete_data: bool = True, schedule_module=None,
+                    **context) -> ContinuousDiffusion:
+        """The model of ``config.diffusion``'s values, with the learned schedule's module
+        (``schedule_module``, for the vdm process's learned schedules) and whether the data are
+        8-bit images; ``ValueError`` names a bad value."""
+        v = {k: value for k, value in {**cls.CONFIG, **values}.items() if k not in cls.MODULE_KEYS}
+        every = {**cls.CONFIG, **values}
+        if not isinstance(every["schedule_hidden"], int) or every["schedule_hidden"] < 1:
+            raise ValueError(f"schedule_hidden: must be an integer >= 1, got {every['schedule_hidden']!r}")
+        if not isinstance(every["learn_endpoints"], bool):
+            raise ValueError(f"learn_endpoints: must be True or False, got {every['learn_endpoints']!r}")
+        return cls(**v, schedule=schedule_module, discrete_data=discrete_data)
+
     def __post_init__(self):
-        for value, allowed, what in (
-            (self.process, PROCESS_NAMES, "process"), (self.prediction, PREDICTIONS, "prediction"),
-            (self.weighting, tuple(weighting.WEIGHTINGS), "weighting"),
-            (self.noise_sampler, NOISE_SAMPLERS, "noise sampler"), (self.gamma_schedule, GAMMA_SCHEDULES, "gamma schedule"),
-        ):
-            if value not in allowed:
-                raise ValueError(f"unknown {what} {value!r}; expected one of {sorted(allowed)}")
+        for key, allowed in (("process", PROCESS_NAMES), ("prediction", PREDICTIONS),
+                             ("weighting", tuple(weighting.WEIGHTINGS)), ("noise_sampler", NOISE_SAMPLERS),
+                             ("gamma_schedule", GAMMA_SCHEDULES)):
+            check_one_of(key, getattr(self, key), allowed)
         if self.noise_sampler == "log_normal" and self.process != "edm":
-            raise ValueError("the log_normal noise sampler needs the edm process (its t <-> sigma map covers every sigma)")
+            raise ValueError(f"noise_sampler: log_normal draws EDM's sigma and needs process 'edm', not {self.process!r} "
+                             "(its t <-> sigma map covers every sigma)")
         if self.weighting == "v_mse" and self.process == "edm":
-            raise ValueError("the v_mse weighting is defined for variance-preserving processes only")
+            raise ValueError("weighting: v_mse is defined for variance-preserving processes only")
+        for key in ("gamma_0", "gamma_1", "sigma_data", "p_mean", "p_std", "snr_gamma"):
+            value = getattr(self, key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise ValueError(f"{key}: must be a finite number, got {value!r}")
+        if not self.gamma_0 < self.gamma_1:
+            raise ValueError(f"gamma_0: gamma_0 ({self.gamma_0}) must be below gamma_1 ({self.gamma_1})")
+        for key in ("sigma_data", "p_std", "snr_gamma"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"{key}: must be positive, got {getattr(self, key)}")
+        if not isinstance(self.variance_gradient, bool):
+            raise ValueError(f"variance_gradient: must be True or False, got {self.variance_gradient!r}")
         learned = self.process == "vdm" and self.gamma_schedule != "fixed_linear"
         if learned != (self.schedule is not None):
             raise ValueError("a schedule module is needed exactly for the vdm process's learned schedules")
@@ -201,6 +251,18 @@ class ContinuousDiffusion:
     @property
     def learned_schedule(self) -> bool:
         return self.schedule is not None
+
+    @property
+    def learned_process(self) -> bool:
+        """The family contract's name for ``learned_schedule``."""
+        return self.learned_schedule
+
+    def noise_process(self, params: Any = None) -> NoiseProcess:
+        """The family contract's name for ``make_process``."""
+        return self.make_process(params)
+
+    def output_channels(self, data_channels: int) -> int:
+        return data_channels
 
     @property
     def is_vdm_bound(self) -> bool:
@@ -226,7 +288,14 @@ class ContinuousDiffusion:
         chex.assert_shape(t, x_t.shape[:1])
         log_alpha = expand_to_rank(process.log_alpha(t), x_t.ndim)
         log_sigma = expand_to_rank(process.log_sigma(t), x_t.ndim)
-        c_noise = noise_conditioning(process.log_snr(t))
+        return self._read(network, params, x_t, log_alpha, log_sigma, process.log_snr(t), cond)
+
+    def _read(self, network: Network, params: Any, x_t: jax.Array, log_alpha: jax.Array, log_sigma: jax.Array,
+              log_snr: jax.Array, cond: Any) -> jax.Array:
+        """x0_hat [B, ...] at x_t with log alpha_t, log sigma_t (broadcastable to x_t) and lambda_t [B]:
+        the network told c(lambda) and its output read per ``prediction`` (EDM's preconditioning is
+        applied here and only here)."""
+        c_noise = noise_conditioning(log_snr)
         if self.prediction == "edm":
             scaled = x_t * jnp.exp(-log_alpha)
             coefficients = EDMPrecond(sigma_data=self.sigma_data).coefficients(jnp.exp(log_sigma - log_alpha))
@@ -315,16 +384,10 @@ class ContinuousDiffusion:
         if self.gamma_schedule == "monotone" and self.variance_gradient:
             loss_fn = vdm.with_variance_gradient(diffusion_loss)
         gamma_0, gamma_1 = ends[0], ends[1]
-        diffusion = loss_fn(values, (params, (gamma_0, gamma_1)))
-        prior = vdm.prior_loss(x0, gamma_1)
-        z_0 = vdm.diffuse(x0, gamma_0, eps_0)
-        if self.discrete_data:
-            reconstruction = vdm.reconstruction_loss(x0, z_0, gamma_0)
-        else:
-            reconstruction = vdm.gaussian_reconstruction_loss(x0, z_0, gamma_0)
+        terms = vdm.bound_terms(loss_fn(values, (params, (gamma_0, gamma_1))), x0, ends, eps_0,
+                                discrete_data=self.discrete_data)
         gamma_t = gamma_0 + (gamma_1 - gamma_0) * values[0] if self.gamma_schedule == "monotone" else values[0]
-        total = diffusion + prior + reconstruction
-        return dict(loss=total, diffusion=diffusion, prior=prior, reconstruction=reconstruction, log_snr=-gamma_t)
+        return dict(loss=terms.pop("total"), **terms, log_snr=-gamma_t)
 
     def eps_prediction(self, network: Network, net_params: Any, z_t: jax.Array, gamma_t: jax.Array, cond: Any = None
                        ) -> jax.Array:
@@ -332,17 +395,39 @@ class ContinuousDiffusion:
         any ``prediction``; the network is conditioned on lambda = -gamma_t only, whatever the
         schedule, so any schedule may be evaluated with one network (``scripts/loss_variance.py``)."""
         log_snr = -gamma_t
+        if self.prediction == "eps":
+            return network(net_params, z_t, noise_conditioning(log_snr), cond)
         log_alpha = expand_to_rank(-0.5 * jax.nn.softplus(gamma_t), z_t.ndim)
         log_sigma = expand_to_rank(-0.5 * jax.nn.softplus(-gamma_t), z_t.ndim)
-        alpha, sigma = jnp.exp(log_alpha), jnp.exp(log_sigma)
-        c_noise = noise_conditioning(log_snr)
-        if self.prediction == "eps":
-            return network(net_params, z_t, c_noise, cond)
-        if self.prediction == "edm":
-            scaled = z_t / alpha
-            coefficients = EDMPrecond(sigma_data=self.sigma_data).coefficients(jnp.exp(log_sigma - log_alpha))
-            x0_hat = coefficients.c_skip * scaled + coefficients.c_out * network(
-                net_params, coefficients.c_in * scaled, c_noise, cond)
-        else:
-            x0_hat = x0_from_mean_part(self.spec(), z_t, network(net_params, z_t, c_noise, cond), alpha, sigma)
-        return (z_t - alpha * x0_hat) / sigma
+        x0_hat = self._read(network, net_params, z_t, log_alpha, log_sigma, log_snr, cond)
+        return (z_t - jnp.exp(log_alpha) * x0_hat) / jnp.exp(log_sigma)
+
+    # ------------------------------------------------------------------ the family contract
+
+    def init_state(self) -> Any:
+        return ()
+
+    def train_losses(self, network: Network, params: Any, x0: jax.Array, keys, cond: Any, state: Any):
+        """``losses`` with ``keys[0]``; no state."""
+        return self.losses(network, params, x0, keys[0], cond), state
+
+    def check_choice(self, choice: Any) -> None:
+        """A continuous-time model is sampled by a solver on a continuous grid."""
+        if not choice.solver:
+            raise ValueError("a continuous-time model is sampled by a solver (sample.solver, or SOLVER:K entries "
+                             f"in eval.sample_steps), not by the discrete chain ({choice.label!r})")
+        if choice.grid.startswith(DISCRETE_GRID_PREFIX):
+            raise ValueError(f"the grid {choice.grid!r} strides a discrete chain; a continuous-time model takes "
+                             f"one of {sorted(time_grids.GRIDS)}")
+        choice.check(None)
+
+    def num_steps(self, choice: Any) -> int:
+        return choice.num_steps(None)
+
+    def nfe(self, choice: Any) -> int:
+        return choice.nfe(None)
+
+    def make_draw(self, choice: Any, network: Network, guidance: Any, options) -> Draw:
+        """A solver on this model's process; a drawn x_T is scaled to the prior at the grid's start."""
+        return solver_draw(self, choice, network, guidance, options, scale_prior=True)
+

@@ -50,12 +50,14 @@ Shapes: x [B, ...]; ``level`` int [B] per example; u and noise like x; ``predict
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import chex
 import jax
 import jax.numpy as jnp
 
+from diffjax.diffusion.families.base import Draw
 from diffjax.diffusion.schedules import check_batch
 
 __all__ = [
@@ -249,14 +251,38 @@ def naive_sample(
 
 @dataclasses.dataclass(frozen=True)
 class NaiveDiffusion:
-    """Naive diffusion as a model family of the trainer and the samplers
-    (``config.diffusion.family = "naive"``).
+    """Naive diffusion as a model family (``config.diffusion.family = "naive"``): no Gaussian
+    process, no likelihood, its own iterative sampler from uniform noise.
 
     Attributes:
       num_levels: K.
     """
 
     num_levels: int = 100
+
+    name: ClassVar[str] = "naive"
+    gaussian: ClassVar[bool] = False
+    draws_samples: ClassVar[bool] = True
+    bounds: ClassVar[tuple[str, ...]] = ()
+    CONFIG: ClassVar[Mapping[str, Any]] = {
+        "num_levels": 100,  # K corruption levels (the sampler's NFE)
+    }
+
+    def __post_init__(self):
+        if not isinstance(self.num_levels, int) or isinstance(self.num_levels, bool) or self.num_levels < 1:
+            raise ValueError(f"num_levels: must be an integer >= 1, got {self.num_levels!r}")
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any], **context) -> NaiveDiffusion:
+        return cls(num_levels={**cls.CONFIG, **values}["num_levels"])
+
+    num_timesteps: ClassVar[None] = None
+
+    def output_channels(self, data_channels: int) -> int:
+        return data_channels
+
+    def init_state(self) -> Any:
+        return ()
 
     def losses(self, network: Callable, params, x0: jax.Array, key: jax.Array, cond=None) -> dict[str, jax.Array]:
         """``naive_loss`` of ``network(params, x, network_time, cond)``: ``loss`` and ``level`` [B]."""
@@ -266,6 +292,10 @@ class NaiveDiffusion:
 
         return naive_loss(predict, x0, key, self.num_levels)
 
+    def train_losses(self, network: Callable, params, x0: jax.Array, keys, cond, state):
+        """The family contract's losses (``losses`` with ``keys[0]``; no state)."""
+        return self.losses(network, params, x0, keys[0], cond), state
+
     def prior_sample(self, key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
         """x_K ~ U(-1, 1) elementwise, [*shape]."""
         return jax.random.uniform(key, shape, jnp.float32, minval=-1.0, maxval=1.0)
@@ -273,3 +303,32 @@ class NaiveDiffusion:
     def sample(self, predict: Predictor, x_K: jax.Array, num_steps: int | None = None) -> jax.Array:
         """``naive_sample`` from the given x_K [B, ...] with ``num_steps`` network calls (K by default)."""
         return naive_sample(predict, None, x_K.shape, self.num_levels, x_K=x_K, num_steps=num_steps)
+
+    # ------------------------------------------------------------------ the family's sampler
+
+    def check_choice(self, choice) -> None:
+        """Naive diffusion takes its own sampler only: no solver, steps a number of levels or ''."""
+        if choice.solver:
+            raise ValueError(f"naive diffusion has its own iterative sampler, not the solver {choice.solver!r}: "
+                             "set sample.solver='' and steps to the number of levels visited ('' for all)")
+        if choice.steps and not choice.steps.isdigit():
+            raise ValueError(f"naive diffusion takes steps = a number of levels or '', got {choice.steps!r}")
+
+    def num_steps(self, choice) -> int:
+        """The levels visited (K for steps '')."""
+        return int(choice.steps) if choice.steps else self.num_levels
+
+    def nfe(self, choice) -> int:
+        return self.num_steps(choice)
+
+    def make_draw(self, choice, network: Callable, guidance, options) -> Draw:
+        """``sample`` of the (classifier-free guided) network from x_K, ``num_steps(choice)`` levels."""
+        num_steps = self.num_steps(choice)
+
+        def fn(params, key, labels, guidance_weight, classifier_args, x_T, drawn, traced):
+            def predict(x, network_time):
+                return guidance.network(network, guidance_weight)(params, x, network_time, guidance.model_cond(labels))
+
+            return self.sample(predict, x_T, num_steps)
+
+        return Draw(fn=fn, traced={}, prior=self.prior_sample)

@@ -19,8 +19,8 @@ sigma up to 80) it extrapolates.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -30,7 +30,7 @@ from diffjax.diffusion.continuous import noise_conditioning
 from diffjax.diffusion.gaussian import q_sample
 from diffjax.diffusion.guidance import GradFn, classifier_gradient
 from diffjax.diffusion.processes import NoiseProcess
-from diffjax.diffusion.schedules import Schedule
+from diffjax.diffusion.schedules import Schedule, named_schedule
 
 __all__ = [
     "NoisyClassification",
@@ -72,6 +72,51 @@ class NoisyClassification:
 
     schedule: Schedule
     num_classes: int
+
+    name: ClassVar[str] = "classifier"
+    gaussian: ClassVar[bool] = False
+    draws_samples: ClassVar[bool] = False
+    bounds: ClassVar[tuple[str, ...]] = ()
+    CONFIG: ClassVar[Mapping[str, Any]] = {
+        "schedule": "linear",  # the chain whose q(x_t | x_0) noises the training data
+        "timesteps": 1000,
+    }
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any], *, num_classes: int = 0, **context) -> NoisyClassification:
+        """The classifier of ``config.diffusion``'s values for data of ``num_classes`` classes."""
+        v = {**cls.CONFIG, **values}
+        if num_classes < 1:
+            raise ValueError("data.num_classes: a classifier needs labelled data (num_classes > 0)")
+        return cls(schedule=named_schedule(v["schedule"], v["timesteps"]), num_classes=num_classes)
+
+    @property
+    def num_timesteps(self) -> int:
+        return self.schedule.num_timesteps
+
+    def output_channels(self, data_channels: int) -> int:
+        """The classifier's logits: one per class."""
+        return self.num_classes
+
+    def init_state(self) -> Any:
+        return ()
+
+    def train_losses(self, network, params: Any, x0: jax.Array, keys, cond: Any, state: Any):
+        """``losses`` with ``keys[0]``; ``cond`` are the labels (never dropped); no state."""
+        return self.losses(network, params, x0, keys[0], cond), state
+
+    def check_choice(self, choice: Any) -> None:
+        raise ValueError("a noise-conditional classifier draws no samples: it guides a diffusion model's sampler "
+                         "(sample.classifier_workdir and sample.classifier_scale of that model's command)")
+
+    def num_steps(self, choice: Any) -> int:
+        self.check_choice(choice)
+
+    def nfe(self, choice: Any) -> int:
+        self.check_choice(choice)
+
+    def make_draw(self, choice: Any, network, guidance, options):
+        self.check_choice(choice)
 
     def losses(self, network, params: Any, x0: jax.Array, key: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
         """Per-example cross-entropy of the labels at a random noise level, and whether the

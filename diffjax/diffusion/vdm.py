@@ -69,6 +69,7 @@ __all__ = [
     "GAMMA_1",
     "GRIDS",
     "alpha_sigma",
+    "bound_terms",
     "continuous_diffusion_loss",
     "decoder_log_probs",
     "diffuse",
@@ -253,6 +254,34 @@ def gaussian_reconstruction_loss(x: jax.Array, z_0: jax.Array, gamma_0: jax.Arra
     return _bits_per_dim(_sum_flat(nats), x)
 
 
+def bound_terms(diffusion: jax.Array, x: jax.Array, ends: jax.Array, eps_0: jax.Array, *, grid: str = "diffjax",
+                discrete_data: bool = True) -> dict[str, jax.Array]:
+    """VDM's bound (eq. 11: prior + reconstruction + diffusion) per example, in bits/dim, from its
+    diffusion term: the one assembly of the bound, used by training (``continuous.ContinuousDiffusion``)
+    and by evaluation (``vdm_loss``).
+
+    Args:
+      diffusion: [B] the diffusion loss (L_inf or L_T) in bits/dim.
+      x: [B, ...] the data (8-bit values on ``grid`` when ``discrete_data``).
+      ends: [2] gamma(0), gamma(1).
+      eps_0: [B, ...] standard normal: z_0 = diffuse(x, gamma_0, eps_0).
+      discrete_data: the 8-bit decoder (``reconstruction_loss``), else the Gaussian decoder's density
+        (``gaussian_reconstruction_loss``; the bound is then on a density and may be negative).
+
+    Returns:
+      dict of [B]: ``diffusion``, ``prior``, ``reconstruction`` and ``total`` (their sum).
+    """
+    gamma_0, gamma_1 = ends[0], ends[1]
+    prior = prior_loss(x, gamma_1)
+    z_0 = diffuse(x, gamma_0, eps_0)
+    if discrete_data:
+        reconstruction = reconstruction_loss(x, z_0, gamma_0, grid)
+    else:
+        reconstruction = gaussian_reconstruction_loss(x, z_0, gamma_0)
+    return dict(diffusion=diffusion, prior=prior, reconstruction=reconstruction,
+                total=diffusion + prior + reconstruction)
+
+
 def vdm_loss(
     eps_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array],
     gamma_fn: Callable[[jax.Array], jax.Array],
@@ -307,11 +336,7 @@ def vdm_loss(
     else:
         diffusion = discrete_diffusion_loss(eps, eps_hat, gamma_t, gamma_s, num_steps)
 
-    ends = gamma_fn(jnp.array([0.0, 1.0], x.dtype))
-    prior = prior_loss(x, ends[1])
-    reconstruction = reconstruction_loss(x, diffuse(x, ends[0], eps_0), ends[0], grid)
-    return dict(diffusion=diffusion, prior=prior, reconstruction=reconstruction,
-                total=diffusion + prior + reconstruction)
+    return bound_terms(diffusion, x, gamma_fn(jnp.array([0.0, 1.0], x.dtype)), eps_0, grid=grid)
 
 
 # ----------------------------------------------------------------------------- network inputs

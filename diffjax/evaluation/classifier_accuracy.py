@@ -20,7 +20,7 @@ from jax.sharding import Mesh
 
 from diffjax.diffusion.continuous import noise_conditioning
 from diffjax.diffusion.gaussian import q_sample
-from diffjax.diffusion.noisy_classifier import NoisyClassification, chain_log_snr, label_log_prob
+from diffjax.diffusion.noisy_classifier import chain_log_snr, label_log_prob
 from diffjax.runtime.mesh import global_batch
 
 __all__ = ["accuracy_by_band"]
@@ -31,7 +31,7 @@ def accuracy_by_band(recipe, params: Any, mesh: Mesh, batches, *, num_bands: int
     """The classifier's accuracy per band of steps over ``batches`` (the evaluation split).
 
     Args:
-      recipe: a classifier experiment's recipe (``recipe.diffusion`` a ``NoisyClassification``).
+      recipe: a classifier experiment's recipe (``recipe.family`` a ``NoisyClassification``).
       params: the classifier's params (e.g. EMA), replicated over ``mesh``.
       mesh: the data mesh; each batch's size must divide over its devices.
       batches: iterable of ``{"image": [b, ...], "label": [b]}``.
@@ -43,10 +43,10 @@ def accuracy_by_band(recipe, params: Any, mesh: Mesh, batches, *, num_bands: int
       ``{"bands": [{"t_min", "t_max", "log_snr_max", "log_snr_min", "accuracy", "accuracy_stderr",
       "log_likelihood", "probability", "count"}, ...], "accuracy", "num_examples", ...}``.
     """
-    diffusion: NoisyClassification = recipe.diffusion
-    if not isinstance(diffusion, NoisyClassification):
-        raise TypeError("accuracy_by_band evaluates a noise-conditional classifier's recipe")
-    schedule = diffusion.schedule
+    if recipe.family.draws_samples:
+        raise TypeError(f"accuracy_by_band evaluates a noise-conditional classifier's recipe, not a "
+                        f"{recipe.family.name} model's")
+    schedule = recipe.family.schedule
     num_steps = schedule.num_timesteps
     edges = np.linspace(0, num_steps, num_bands + 1).round().astype(int)
 

@@ -63,10 +63,11 @@ import numpy as np
 from jax.sharding import Mesh
 
 from diffjax.diffusion import vdm
+from diffjax.diffusion.families.gaussian import model_view
 from diffjax.diffusion.processes import NoiseProcess, expand_to_rank
 from diffjax.evaluation.ode_nll import mean_and_stderr, pixel_batches, write_result_json
+from diffjax.models.denoiser import network_fn
 from diffjax.runtime.mesh import make_mesh, replicated_sharding
-from diffjax.runtime.model_view import denoiser_view, gaussian_family
 
 __all__ = [
     "BOUND",
@@ -254,13 +255,17 @@ class ELBOEvaluator:
         self.num_steps = num_steps
         self.mesh = mesh or make_mesh()
         self.draws = int(draws)
-        self.family = gaussian_family(recipe, "the continuous VDM bound")
+        family, network = recipe.family, network_fn(recipe.model)
+        if "elbo" not in family.bounds:
+            raise ValueError(f"the continuous VDM bound needs a Gaussian diffusion model; this model's family is "
+                             f"{family.name!r}, which has no likelihood")
+        self.family = family.name
         conditional = recipe.num_classes > 0
         values = vdm.grid_values(GRID, jnp.float32)
 
         def per_batch(params, pixels, labels, mask, key):
             # The process is built from the params here: a learned schedule is part of them.
-            process, denoise_x0 = denoiser_view(recipe, params, labels if conditional else None)
+            process, denoise_x0 = model_view(family, network, params, labels if conditional else None)
             terms = continuous_bound(process, denoise_x0, values[pixels], key, draws=self.draws, num_steps=num_steps)
             return {**terms, "mask": mask, "ends": bound_ends(process)}
 

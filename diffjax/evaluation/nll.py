@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from diffjax.diffusion.likelihood import bpd
 from diffjax.diffusion.schedules import Schedule, respace
-from diffjax.models.denoiser import make_denoise_fn
+from diffjax.models.denoiser import network_fn
 from diffjax.runtime.mesh import global_batch, make_mesh, replicated_sharding
 
 __all__ = [
@@ -129,11 +129,9 @@ def make_bpd_sums_fn(
       ``x0_mse``, ``eps_mse`` [K], each summed over the rows where ``mask`` is True.
       Example rows use the keys ``fold_in(root_key, index)``.
     """
-    schedule = nll_chain(recipe.diffusion.schedule, chain)
-    spec = recipe.diffusion.spec
-    denoise = make_denoise_fn(
-        recipe.model, num_timesteps=schedule.original_num_timesteps, rescale_timesteps=recipe.rescale_timesteps
-    )
+    schedule = nll_chain(recipe.family.schedule, chain)
+    spec = recipe.family.spec
+    denoise = recipe.family.chain_denoiser(network_fn(recipe.model))
     conditional = recipe.num_classes > 0
 
     def sums(params, batch, root_key):
@@ -192,7 +190,7 @@ class BoundEvaluator:
         self.mesh = mesh or make_mesh()
         self.chain = chain
         self.clip_denoised = clip_denoised
-        self.schedule = nll_chain(recipe.diffusion.schedule, chain)
+        self.schedule = nll_chain(recipe.family.schedule, chain)
         self._sums = make_bpd_sums_fn(recipe, self.mesh, chain=chain, clip_denoised=clip_denoised)
 
     def __call__(

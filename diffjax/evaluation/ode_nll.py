@@ -31,10 +31,11 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
+from diffjax.diffusion.families.gaussian import model_view
 from diffjax.diffusion.ode_likelihood import bits_per_dim
 from diffjax.evaluation.nll import _pad_rows
+from diffjax.models.denoiser import network_fn
 from diffjax.runtime.mesh import global_batch, make_mesh, replicated_sharding
-from diffjax.runtime.model_view import denoiser_view, gaussian_family
 
 __all__ = [
     "ODEBoundEvaluator",
@@ -203,12 +204,15 @@ class ODEBoundEvaluator:
             raise ValueError(f"rtol and atol must be positive, got rtol={rtol}, atol={atol}")
         self.mesh = mesh or make_mesh()
         self.probes, self.rtol, self.atol = int(probes), float(rtol), float(atol)
-        gaussian_family(recipe, "the PF-ODE bound")
+        family, network = recipe.family, network_fn(recipe.model)
+        if "ode_nll" not in family.bounds:
+            raise ValueError(f"the PF-ODE bound needs a Gaussian diffusion model; this model's family is "
+                             f"{family.name!r}, which has no likelihood")
         conditional = recipe.num_classes > 0
 
         def per_batch(params, pixels, labels, mask, key):
             # The process is built from the params here: a learned schedule is part of them.
-            process, denoise_x0 = denoiser_view(recipe, params, labels if conditional else None)
+            process, denoise_x0 = model_view(family, network, params, labels if conditional else None)
             out = bits_per_dim(
                 process, denoise_x0, pixels, key, dequantization=DEQUANTIZATION, divergence="hutchinson",
                 probe=PROBE, num_probes=self.probes, solver=SOLVER, rtol=self.rtol, atol=self.atol,

@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["DenoiseFn", "abstract_params", "count_params", "init_params", "make_denoise_fn"]
+__all__ = ["DenoiseFn", "abstract_params", "count_params", "init_params", "make_denoise_fn", "network_fn"]
 
 Params = Any
 DenoiseFn = Callable[[Params, jnp.ndarray, jnp.ndarray, "jnp.ndarray | None"], jnp.ndarray]
@@ -60,6 +60,26 @@ def make_denoise_fn(
         return model.apply({"params": params}, x_t, t_in, cond, train=train, rngs=rngs)
 
     return denoise
+
+
+def network_fn(model: nn.Module, *, train: bool = False, dropout_key: jax.Array | None = None):
+    """``network(params, x, time_input, cond)`` = ``model.apply({"params": params}, x, time_input, cond,
+    train=train)``: the network every model family calls with the time input it computes
+    (``diffusion.families.base.Network``).
+
+    Args:
+      model: a Flax module called as ``model.apply(variables, x, t, labels, train=...)``.
+      train: enable dropout.
+      dropout_key: PRNG key for dropout (``train`` with a nonzero ``dropout``).
+    """
+    if train and dropout_key is None and getattr(model, "dropout", 0.0) > 0.0:
+        raise ValueError("train=True with dropout > 0 needs a dropout_key")
+    rngs = None if dropout_key is None else {"dropout": dropout_key}
+
+    def network(params: Params, x: jnp.ndarray, time_input: jnp.ndarray, cond: jnp.ndarray | None) -> jnp.ndarray:
+        return model.apply({"params": params}, x, time_input, cond, train=train, rngs=rngs)
+
+    return network
 
 
 def _dummy_inputs(model: nn.Module, input_shape: Sequence[int], batch_size: int):

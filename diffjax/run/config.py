@@ -12,30 +12,29 @@ Groups: ``runtime``, ``data``, ``model``, ``diffusion``, ``train``, ``sample``, 
 
 from __future__ import annotations
 
+import json
 import math
 
 import ml_collections
 
 from diffjax.data.toy2d import TOY_NAMES
-from diffjax.diffusion.continuous import GAMMA_SCHEDULES, NOISE_SAMPLERS, PREDICTIONS, PROCESS_NAMES
-from diffjax.diffusion.losses import OBJECTIVES, WEIGHTINGS
-from diffjax.diffusion.parameterization import MEAN_TYPES, VAR_TYPES, DiffusionSpec
-from diffjax.diffusion.schedules import BETA_SCHEDULES, space_timesteps
-from diffjax.diffusion.timesteps import TIMESTEP_SAMPLERS
-from diffjax.diffusion.weighting import WEIGHTINGS as CONTINUOUS_WEIGHTINGS
+from diffjax.diffusion.families.registry import FAMILIES
+from diffjax.diffusion.schedules import space_timesteps
+from diffjax.diffusion.solvers import option_defaults as solver_option_defaults
 from diffjax.errors import ConfigError
 from diffjax.models.blocks import ATTENTION_IMPLEMENTATIONS, cudnn_attention_problem
 from diffjax.models.configs import NETWORKS, PRESETS, get_preset, hyperparameters
 from diffjax.models.layers import DOWNSAMPLE_PADDINGS
-from diffjax.runtime.sampling import SOLVER_OPTION_DEFAULTS, SamplerChoice
+from diffjax.run.families import family_from_config
+from diffjax.runtime.sampler_choice import SamplerChoice
 from diffjax.runtime.xla_cpu import check_fusions
 from diffjax.runtime.xla_gpu import parse_gpu_flags
 
-__all__ = ["MODEL_COMMON_KEYS", "UNSET", "ConfigError", "base_config", "network_hyperparameters", "set_model", "validate",
-           "validate_backend"]
+__all__ = ["MODEL_COMMON_KEYS", "UNSET", "ConfigError", "base_config", "network_hyperparameters", "read_config_json",
+           "set_family", "set_model", "upgrade_config", "validate", "validate_backend"]
 
 # config.model keys of every network besides its hyperparameters, with their defaults.
-MODEL_COMMON_KEYS = {"dtype": "float32", "rescale_timesteps": False, "class_dropout": 0.1, "fourier_features": False}
+MODEL_COMMON_KEYS = {"dtype": "float32", "class_dropout": 0.1, "fourier_features": False}
 # An optional integer hyperparameter that is not set (the network's None): config fields need a
 # fixed type for --config overrides, and improved DDPM's code uses -1 for num_head_channels too.
 UNSET = -1
@@ -48,7 +47,7 @@ _LATER_HYPERPARAMETERS = ("attention_implementation",)
 def set_model(config: ml_collections.ConfigDict, preset: str, **overrides) -> None:
     """Make ``config.model`` the named preset's network (``diffjax.models.PRESETS``): ``arch``
     and every hyperparameter of that network, then ``overrides`` of them. ``dtype``,
-    ``rescale_timesteps`` and ``class_dropout`` keep the values they had (their defaults in a
+    ``class_dropout`` and ``fourier_features`` keep the values they had (their defaults in a
     config without a model section).
 
     Raises:
@@ -88,6 +87,16 @@ def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.experiment = ""  # set by each experiment file
 
+    _runtime_data_model_sections(config)
+    _train_section(config)
+    _sample_section(config)
+    _eval_section(config)
+    return config
+
+
+def _runtime_data_model_sections(config: ml_collections.ConfigDict) -> None:
+    """``config.runtime``, ``config.data``, ``config.model`` (DDPM's CIFAR-10 UNet) and
+    ``config.diffusion`` (DDPM's chain)."""
     config.runtime = ml_collections.ConfigDict()
     # XLA:CPU's YNNPACK library fusions (diffjax/runtime/xla_cpu.py): a comma list of dot,
     # individual_dot, individual_convolution, reduce, eltwise; "" for none; "xla_default" for
@@ -122,42 +131,21 @@ def base_config() -> ml_collections.ConfigDict:
     # ("xla", the default, or "cudnn": cuDNN flash attention, NVIDIA GPU and dtype bfloat16 only).
     # MLP keys: hidden, num_blocks, sinusoid_dim, dropout.
     # Every network also has: dtype ("bfloat16": bf16 compute, float32 params),
-    # fourier_features (VDM's input features sin/cos(2^n pi x), n = 7, 8: models/fourier.py),
-    # rescale_timesteps (improved DDPM feeds t * 1000 / T) and class_dropout (p_uncond of
-    # classifier-free guidance, when conditional).
+    # fourier_features (VDM's input features sin/cos(2^n pi x), n = 7, 8: models/fourier.py)
+    # and class_dropout (p_uncond of classifier-free guidance, when conditional).
     set_model(config, "ddpm_cifar10")
 
-    config.diffusion = ml_collections.ConfigDict()
-    config.diffusion.schedule = "linear"
-    config.diffusion.timesteps = 1000
-    config.diffusion.mean_type = "eps"
-    config.diffusion.var_type = "fixed_large"
-    config.diffusion.objective = "simple"
-    config.diffusion.rescale_vlb = True
-    config.diffusion.loss_weighting = "none"
-    config.diffusion.snr_gamma = 5.0
-    config.diffusion.timestep_sampler = "uniform"
-    # The model family: "discrete" (the T-step chain above: schedule ... timestep_sampler), "continuous"
-    # (diffusion/continuous.py: the keys below; the chain's keys are unused), "naive" (diffusion/naive.py:
-    # pixels replaced by noise, naive_levels levels) or "classifier" (a noise-conditional classifier of
-    # data.num_classes classes, model.arch "classifier", trained on the chain's q(x_t | x_0) at uniform t:
-    # diffusion/noisy_classifier.py; it guides the others' samplers through sample.classifier_workdir).
-    config.diffusion.family = "discrete"
-    config.diffusion.process = "vp_linear"  # continuous: vp_linear, vp_cosine, edm, vdm
-    config.diffusion.prediction = "eps"  # continuous: eps, x0, v, edm (Karras et al.'s c_skip/c_out/c_in)
-    config.diffusion.weighting = "eps_mse"  # continuous: x0_mse, eps_mse, v_mse, min_snr, elbo, edm
-    config.diffusion.noise_sampler = "uniform"  # continuous: uniform (t, low-discrepancy) or log_normal (edm)
-    config.diffusion.gamma_schedule = "fixed_linear"  # process vdm: fixed_linear, learned_linear, monotone
-    config.diffusion.gamma_0 = -13.3  # process vdm: gamma(0) = -log SNR at t = 0 (initial value if learned)
-    config.diffusion.gamma_1 = 5.0  # process vdm: gamma(1)
-    config.diffusion.learn_endpoints = True  # monotone schedule: learn gamma_0, gamma_1 by the bound
-    config.diffusion.schedule_hidden = 1024  # monotone schedule: width of its hidden layer (VDM: 1024)
-    config.diffusion.variance_gradient = True  # monotone schedule: its shape minimises the loss variance
-    config.diffusion.sigma_data = 0.5  # EDM's sigma_d (prediction edm, weighting edm)
-    config.diffusion.p_mean = -1.2  # EDM's log-normal training sigma: ln sigma ~ N(p_mean, p_std^2)
-    config.diffusion.p_std = 1.2
-    config.diffusion.naive_levels = 100  # naive: K corruption levels (the sampler's NFE)
+    # The model family and exactly its keys (diffjax/diffusion/families/: each family's CONFIG lists them
+    # with comments), filled by set_family(config, NAME, **overrides) in the experiment file: "discrete"
+    # (DDPM's T-step chain: schedule, timesteps, prediction, var_type, objective, ...), "continuous" (VP /
+    # EDM / VDM processes: process, prediction, weighting, noise_sampler, ...), "naive" (num_levels) or
+    # "classifier" (a noise-conditional classifier of data.num_classes classes on a chain's q(x_t | x_0);
+    # it guides the others' samplers through sample.classifier_workdir).
+    set_family(config, "discrete")
 
+
+def _train_section(config: ml_collections.ConfigDict) -> None:
+    """``config.train``: DDPM's optimiser, EMA and schedule of checkpoints and samples."""
     config.train = ml_collections.ConfigDict()
     config.train.seed = 0
     config.train.batch_size = 128
@@ -177,6 +165,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.sample_every = 10_000
     config.train.async_checkpoints = True
 
+
+def _sample_section(config: ml_collections.ConfigDict) -> None:
+    """``config.sample``: how samples are drawn (``runtime.sampler_choice.SamplerChoice``)."""
     config.sample = ml_collections.ConfigDict()
     # The discrete chain (solver "") or a continuous-time solver of diffusion.solvers (runtime/sampling.py).
     config.sample.solver = ""  # "": the chain (method, steps a respacing); else e.g. "dpmpp_2m", "heun", "unipc_3"
@@ -184,9 +175,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.sample.steps = "ddim50"  # chain: a respacing ("", "250", "10,15,20", "ddimN"); solver: K steps ("10")
     config.sample.eta = 0.0  # the chain's DDIM eta
     config.sample.grid = "uniform_log_snr"  # solver: uniform_t, uniform_log_snr, karras, quadratic, discrete_<rule>
+    # (all start at the top step, but discrete_ddim_truncated / discrete_ddim_quadratic_truncated: DDIM's exact spacings)
     config.sample.rho = 7.0  # the karras grid's rho
     config.sample.dynamic_threshold = 0.0  # solver: Imagen's percentile (e.g. 0.995) instead of clipping; 0: off
-    config.sample.solver_options = ml_collections.ConfigDict(dict(SOLVER_OPTION_DEFAULTS))  # stochastic solvers'
+    config.sample.solver_options = ml_collections.ConfigDict(solver_option_defaults())  # solvers.SOLVERS[*].options
     config.sample.num = 64
     config.sample.clip_denoised = True
     config.sample.guidance_weight = 0.0  # classifier-free guidance w (a class-conditional model)
@@ -201,6 +193,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.sample.interpolation_rows = 0
     config.sample.interpolation_columns = 9
 
+
+def _eval_section(config: ml_collections.ConfigDict) -> None:
+    """``config.eval``: the bounds and the sample metrics of ``--mode=eval``."""
     config.eval = ml_collections.ConfigDict()
     config.eval.split = ""  # "": the data set's own evaluation split
     config.eval.batch_size = 256
@@ -235,11 +230,56 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval.fid_reference_examples = 0  # 0: the whole split
     config.eval.fid_image_size = 299  # Inception's input side; only 299 gives FIDs comparable to papers
     config.eval.fid_batch_size = 100
-    return config
 
 
-FAMILIES = ("discrete", "continuous", "naive", "classifier")
-"""``config.diffusion.family``."""
+
+
+def set_family(config: ml_collections.ConfigDict, family: str, **overrides) -> None:
+    """Make ``config.diffusion`` the keys of ``family`` (``FAMILIES``) with their defaults, then
+    ``overrides`` of them.
+
+    Raises:
+      KeyError: unknown family, or an override that is not a key of that family.
+    """
+    if family not in FAMILIES:
+        raise KeyError(f"unknown family {family!r}; known: {sorted(FAMILIES)}")
+    keys = dict(FAMILIES[family].CONFIG)
+    unknown = set(overrides) - set(keys)
+    if unknown:
+        raise KeyError(f"{sorted(unknown)} are not keys of the {family} family; known: {sorted(keys)}")
+    config.diffusion = ml_collections.ConfigDict({"family": family, **keys, **overrides})
+
+
+# config.json files written before the families owned their keys: every family's keys sat in one
+# config.diffusion, two concepts had two names, and the chain's time rescaling was a model key.
+_OLD_DISCRETE_NAMES = {"mean_type": "prediction", "loss_weighting": "weighting"}
+_OLD_NAIVE_NAMES = {"naive_levels": "num_levels"}
+
+
+def upgrade_config(config: dict) -> dict:
+    """A ``config.json`` (as a dict) in today's layout: an old file's ``diffusion`` section
+    (every family's keys, ``mean_type`` / ``loss_weighting`` / ``naive_levels``) becomes its
+    family's keys, and ``model.rescale_timesteps`` the discrete family's. Today's files are
+    returned unchanged."""
+    diffusion, model = dict(config.get("diffusion", {})), dict(config.get("model", {}))
+    rescale = model.pop("rescale_timesteps", None)
+    if "mean_type" not in diffusion and rescale is None:
+        return config
+    family = diffusion.get("family", "discrete")
+    names = _OLD_DISCRETE_NAMES if family == "discrete" else _OLD_NAIVE_NAMES if family == "naive" else {}
+    if family == "discrete":
+        for key in _OLD_DISCRETE_NAMES.values():  # the continuous family's keys of the same names, unused
+            diffusion.pop(key, None)
+        diffusion["rescale_timesteps"] = bool(rescale)
+    renamed = {**{names.get(key, key): value for key, value in diffusion.items()}, "family": family}
+    keys = {"family", *FAMILIES[family].CONFIG}
+    return {**config, "model": model, "diffusion": {k: v for k, v in renamed.items() if k in keys}}
+
+
+def read_config_json(path: str) -> ml_collections.ConfigDict:
+    """A run's ``config.json`` as a ConfigDict in today's layout (``upgrade_config``)."""
+    with open(path) as f:
+        return ml_collections.ConfigDict(upgrade_config(json.load(f)))
 
 
 def _require(condition: bool, key: str, message: str) -> None:
@@ -259,16 +299,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     Unknown keys are caught earlier, by the locked ConfigDict.
     """
     d, tr, s = config.diffusion, config.train, config.sample
-    _one_of(config, "diffusion.schedule", BETA_SCHEDULES)
-    _one_of(config, "diffusion.mean_type", MEAN_TYPES)
-    _one_of(config, "diffusion.var_type", VAR_TYPES)
-    _one_of(config, "diffusion.objective", OBJECTIVES)
-    _one_of(config, "diffusion.loss_weighting", WEIGHTINGS)
-    _one_of(config, "diffusion.timestep_sampler", TIMESTEP_SAMPLERS)
-    _validate_family(config)
+    family = _validate_family(config)
     _one_of(config, "sample.method", ("ddpm", "ddim"))
     _validate_model(config)
-    _validate_classifier_model(config)
+    _validate_classifier_model(config, family)
     try:
         check_fusions(config.runtime.xla_cpu_ynn_fusions)
     except ValueError as error:
@@ -278,13 +312,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     except ValueError as error:
         raise ConfigError(f"config.runtime.xla_gpu_flags: {error}") from None
     _one_of(config, "train.lr_decay", ("constant", "cosine"))
-    _require(d.timesteps >= 2, "diffusion.timesteps", f"must be at least 2, got {d.timesteps}")
-    if d.schedule == "linear":
-        _require(d.timesteps >= 50, "diffusion.timesteps", "the linear schedule needs T >= 50 (its betas are scaled by 1000/T)")
-    if d.objective == "hybrid":
-        _require(DiffusionSpec(d.mean_type, d.var_type).learns_variance, "diffusion.var_type",
-                 f"the hybrid objective trains the variance: use learned or learned_range, not {d.var_type!r}")
-    _require(d.snr_gamma > 0, "diffusion.snr_gamma", "must be positive")
     for key, value in [("train.batch_size", tr.batch_size), ("train.num_steps", tr.num_steps),
                        ("train.log_every", tr.log_every), ("train.checkpoint_every", tr.checkpoint_every),
                        ("train.keep_checkpoints", tr.keep_checkpoints), ("train.sample_every", tr.sample_every),
@@ -302,97 +329,92 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(s.seed >= 0, "sample.seed", "must be non-negative")
     _require(config.data.num_classes >= 0, "data.num_classes", "must be non-negative")
     if s.guidance_weight != 0:
-        _require(config.data.num_classes > 0 and d.family != "classifier", "sample.guidance_weight",
+        _require(config.data.num_classes > 0 and family.draws_samples, "sample.guidance_weight",
                  "classifier-free guidance needs a class-conditional model (data.num_classes > 0)")
-    _validate_classifier_guidance(config)
-    choices = [("sample.steps" if not s.solver else "sample", SamplerChoice.from_settings(s))]
-    choices += [("eval.sample_steps", SamplerChoice.from_settings(s, entry))
-                for entry in config.eval.sample_steps.replace(";", " ").split()]
-    if d.family == "classifier":  # trained and evaluated (accuracy), never sampled
-        choices = []
-    for key, choice in choices:
+    _validate_classifier_guidance(config, family)
+    _validate_choices(config, family)
+    if "nll" in family.bounds:
         try:
-            choice.check(d.timesteps, family=d.family)
-            if not choice.solver and d.family == "discrete":
-                space_timesteps(d.timesteps, choice.steps)
+            space_timesteps(family.num_timesteps, config.eval.nll_chain)
         except ValueError as error:
-            where = f"config.{key}" if key == "sample.steps" else f"config.{key} ({choice.label})"
-            raise ConfigError(f"{where}: {error}") from None
-    try:
-        space_timesteps(d.timesteps, config.eval.nll_chain)
-    except ValueError as error:
-        raise ConfigError(f"config.eval.nll_chain: {error}") from None
+            raise ConfigError(f"config.eval.nll_chain: {error}") from None
+    else:
+        _require(not config.eval.nll_chain, "eval.nll_chain",
+                 f"the discrete T-step bound applies to the discrete chain, not a {d.family} model")
     _require(config.eval.num_samples > 0, "eval.num_samples", "must be positive")
     _validate_ode_nll(config.eval)
     _require(isinstance(config.eval.elbo, bool), "eval.elbo", f"must be True or False, got {config.eval.elbo!r}")
     _int_at_least(config, "eval.elbo_draws", 1)
     _int_at_least(config, "eval.elbo_steps", 0)
     if config.eval.elbo:
-        _require(d.family != "naive", "eval.elbo", "naive diffusion has no likelihood bound")
+        _require("elbo" in family.bounds, "eval.elbo", f"a {d.family} model has no likelihood bound")
     _require(config.eval.fid_image_size >= 75, "eval.fid_image_size", "Inception-v3 needs at least 75 (299 for FID)")
     _require(config.eval.fid_batch_size > 0, "eval.fid_batch_size", "must be positive")
     _require(config.eval.fid_reference_examples >= 0, "eval.fid_reference_examples", "must be non-negative")
 
 
-def _validate_family(config: ml_collections.ConfigDict) -> None:
-    """The model family's keys: those of a continuous or naive model (the chain's are checked by
-    ``validate`` for every family, as they keep their defaults)."""
+def _validate_family(config: ml_collections.ConfigDict):
+    """The model family of ``config.diffusion``, built by its own constructor (whose checks are the
+    only copy of its rules; a ``ValueError`` that starts with one of its keys names that key)."""
     d = config.diffusion
     _one_of(config, "diffusion.family", FAMILIES)
-    _one_of(config, "diffusion.process", PROCESS_NAMES)
-    _one_of(config, "diffusion.prediction", PREDICTIONS)
-    _one_of(config, "diffusion.weighting", tuple(CONTINUOUS_WEIGHTINGS))
-    _one_of(config, "diffusion.noise_sampler", NOISE_SAMPLERS)
-    _one_of(config, "diffusion.gamma_schedule", GAMMA_SCHEDULES)
-    for key in ("gamma_0", "gamma_1", "sigma_data", "p_mean", "p_std"):
-        value = d[key]
-        _require(_is_finite_number(value), f"diffusion.{key}", f"must be a finite number, got {value!r}")
-    _require(d.gamma_0 < d.gamma_1, "diffusion.gamma_0", f"gamma_0 ({d.gamma_0}) must be below gamma_1 ({d.gamma_1})")
-    _require(d.sigma_data > 0, "diffusion.sigma_data", "must be positive")
-    _require(d.p_std > 0, "diffusion.p_std", "must be positive")
-    _int_at_least(config, "diffusion.schedule_hidden", 1)
-    _int_at_least(config, "diffusion.naive_levels", 1)
-    for key in ("learn_endpoints", "variance_gradient"):
-        _require(isinstance(d[key], bool), f"diffusion.{key}", f"must be True or False, got {d[key]!r}")
-    if d.family == "continuous":
-        if d.noise_sampler == "log_normal":
-            _require(d.process == "edm", "diffusion.noise_sampler",
-                     f"log_normal draws EDM's sigma and needs process 'edm', not {d.process!r}")
-        if d.weighting == "v_mse":
-            _require(d.process != "edm", "diffusion.weighting", "v_mse is defined for variance-preserving processes")
-        _require(d.var_type in ("fixed_small", "fixed_large"), "diffusion.var_type",
-                 "a continuous-time model predicts no variance (learned variances are the discrete chain's)")
-    if d.family != "discrete":
-        _require(not config.eval.nll_chain, "eval.nll_chain",
-                 "the discrete T-step bound applies to the discrete family only")
+    expected = {"family", *FAMILIES[d.family].CONFIG}
+    if set(d.keys()) != expected:
+        missing, foreign = sorted(expected - set(d.keys())), sorted(set(d.keys()) - expected)
+        what = f"lacks its keys {missing}" if missing else f"has keys it does not: {foreign}"
+        raise ConfigError(f"config.diffusion.family: {d.family!r} is not the family config.diffusion describes (it "
+                          f"{what}); the family is chosen in the experiment file with set_family(config, FAMILY)")
+    try:
+        return family_from_config(d, discrete_data=config.data.name not in TOY_NAMES,
+                                  num_classes=config.data.num_classes)
+    except ValueError as error:
+        key = str(error).partition(":")[0]
+        if "." in key:  # about another section's key (e.g. data.num_classes)
+            raise ConfigError(f"config.{error}") from None
+        raise ConfigError(f"config.diffusion.{error}" if key in d else f"config.diffusion: {error}") from None
 
 
-def _validate_classifier_guidance(config: ml_collections.ConfigDict) -> None:
+def _validate_choices(config: ml_collections.ConfigDict, family) -> None:
+    """``config.sample``'s sampler choice and each of ``config.eval.sample_steps``, as the family checks them."""
+    s = config.sample
+    if not family.draws_samples:  # a classifier is trained and evaluated (accuracy), never sampled
+        return
+    choices = [("sample.steps" if not s.solver else "sample", SamplerChoice.from_settings(s))]
+    choices += [("eval.sample_steps", SamplerChoice.from_settings(s, entry))
+                for entry in config.eval.sample_steps.replace(";", " ").split()]
+    for key, choice in choices:
+        try:
+            family.check_choice(choice)
+        except ValueError as error:
+            where = f"config.{key}" if key == "sample.steps" else f"config.{key} ({choice.label})"
+            raise ConfigError(f"{where}: {error}") from None
+
+
+def _validate_classifier_guidance(config: ml_collections.ConfigDict, family) -> None:
     """``sample.classifier_scale`` and ``sample.classifier_workdir`` (whether the workdir holds a
     classifier checkpoint is checked when it is restored, before anything compiles)."""
-    s, family = config.sample, config.diffusion.family
+    s = config.sample
     value = s.classifier_scale
     _require(_is_finite_number(value), "sample.classifier_scale", f"must be a finite number, got {value!r}")
     if value == 0:
         return
-    _require(family in ("discrete", "continuous"), "sample.classifier_scale",
-             f"classifier guidance steers a Gaussian diffusion model's sampler, not a {family!r} model")
+    _require(family.gaussian, "sample.classifier_scale",
+             f"classifier guidance steers a Gaussian diffusion model's sampler, not a {family.name!r} model")
     _require(bool(s.classifier_workdir), "sample.classifier_workdir",
              "classifier guidance (sample.classifier_scale != 0) needs the workdir of a trained noise-conditional "
              "classifier, e.g. --config.sample.classifier_workdir=runs/digits_classifier (train one with "
              "experiments/digits_classifier.py)")
 
 
-def _validate_classifier_model(config: ml_collections.ConfigDict) -> None:
+def _validate_classifier_model(config: ml_collections.ConfigDict, family) -> None:
     """A classifier experiment: the classifier network, labels, no label dropout; and only there."""
-    d, m = config.diffusion, config.model
-    if d.family != "classifier":
+    m = config.model
+    if family.draws_samples:
         _require(m.arch != "classifier", "model.arch",
                  "the 'classifier' network is trained by an experiment of diffusion.family 'classifier'")
         return
     _require(m.arch == "classifier", "model.arch",
              f"a classifier experiment (diffusion.family 'classifier') trains the 'classifier' network, not {m.arch!r}")
-    _require(config.data.num_classes > 0, "data.num_classes", "a classifier needs labelled data (num_classes > 0)")
     _require(m.class_dropout == 0, "model.class_dropout", "a classifier's labels are its targets: they are never dropped")
     _require(not config.eval.elbo and not config.eval.ode_nll and not config.eval.nll_chain, "eval",
              "a classifier has no likelihood bound (eval.elbo, eval.ode_nll, eval.nll_chain)")

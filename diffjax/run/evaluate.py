@@ -2,8 +2,8 @@
 
     evaluate(config, workdir, recipe)
 
-writes, under ``workdir/eval/``, each bound that applies to the run's model family
-(``config.diffusion.family``; data sets without an evaluation split, the 2-D toys, have none):
+writes, under ``workdir/eval/``, each bound the run's model family supports (``recipe.family.bounds``;
+data sets without an evaluation split, the 2-D toys, have none):
 
 * ``nll.json`` (the discrete family): the T-step bound of the chain over the config's
   evaluation split (``config.eval.split``, ``config.eval.num_examples``,
@@ -49,7 +49,6 @@ import ml_collections
 from absl import logging
 
 from diffjax.data.errors import UnknownDatasetError
-from diffjax.diffusion.schedules import Schedule
 from diffjax.evaluation.classifier_accuracy import accuracy_by_band
 from diffjax.evaluation.elbo import elbo_of_params, write_elbo_json
 from diffjax.evaluation.nll import nll_of_state, write_nll_json
@@ -57,9 +56,8 @@ from diffjax.evaluation.ode_nll import first_examples, ode_nll_of_params, write_
 from diffjax.run.restore import chosen_params, restore_train_state
 from diffjax.run.scorers import sample_scorer
 from diffjax.runtime.mesh import make_mesh
-from diffjax.runtime.model_view import GAUSSIAN_FAMILIES
 from diffjax.runtime.recipe import Recipe
-from diffjax.runtime.sampling import SamplerChoice, make_sampler, model_family
+from diffjax.runtime.sampling import SamplerChoice, make_sampler
 
 __all__ = ["evaluate", "quality_record", "quality_row", "sampling_step_list"]
 
@@ -102,34 +100,26 @@ def _write_json(path: str, record: dict[str, Any]) -> None:
         json.dump(record, f, indent=2)
 
 
-def quality_row(choice: SamplerChoice, model, scores: dict[str, Any], seconds: float) -> dict[str, Any]:
+def quality_row(choice: SamplerChoice, family, scores: dict[str, Any], seconds: float) -> dict[str, Any]:
     """One row of ``sample_quality.json``: how the samples were drawn (steps, NFE, sampler,
-    settings), their scores, and the seconds it took. ``model``: ``recipe.diffusion`` (any
-    family) or a discrete ``Schedule`` (``SamplerChoice.nfe``)."""
+    settings), their scores, and the seconds it took; ``family``: the model's (``recipe.family``),
+    which counts the steps and NFE."""
     return {
-        "steps": choice.steps, "num_steps": choice.num_steps(model), "nfe": choice.nfe(model),
+        "steps": choice.steps, "num_steps": family.num_steps(choice), "nfe": family.nfe(choice),
         "sampler": choice.label, "solver": choice.solver or f"chain_{choice.method}",
         **scores, "seconds": seconds, "settings": choice.settings(),
     }
 
 
-def _timesteps(model) -> int | None:
-    """T of a discrete ``Schedule`` or of a discrete model's ``recipe.diffusion``; None for the other families."""
-    if isinstance(model, Schedule):
-        return model.num_timesteps
-    return model.schedule.num_timesteps if model_family(model) == "discrete" else None
-
-
-def quality_record(checkpoint_step: int, params_name: str, scorer, sample_config, num_samples: int, model,
+def quality_record(checkpoint_step: int, params_name: str, scorer, sample_config, num_samples: int, family,
                    rows: list[dict[str, Any]]) -> dict[str, Any]:
     """``sample_quality.json``: the rows with the scorer's description and the sampling settings;
-    ``timesteps`` is the chain's T for a discrete ``model`` (``recipe.diffusion`` or its
-    ``Schedule``), None otherwise."""
+    ``timesteps`` is the chain's T of a discrete ``family`` (``recipe.family``), None otherwise."""
     s = sample_config
     return {
         "checkpoint_step": checkpoint_step, "kind": scorer.kind, "metric": scorer.headline, "params": params_name,
         "method": s.method, "eta": s.eta, "clip_denoised": s.clip_denoised, "guidance_weight": s.guidance_weight,
-        "num_samples": num_samples, "timesteps": _timesteps(model), **scorer.info, "results": rows,
+        "num_samples": num_samples, "timesteps": family.num_timesteps, **scorer.info, "results": rows,
     }
 
 
@@ -179,7 +169,8 @@ def evaluate(
     mesh = mesh or make_mesh()
     is_main = jax.process_index() == 0
     e = config.eval
-    compute_samples = compute_samples and model_family(recipe.diffusion) != "classifier"
+    family = recipe.family
+    compute_samples = compute_samples and family.draws_samples
     # Before the checkpoint and the NLL, so that a missing weights file fails at once.
     scorer = sample_scorer(config, e.num_samples, feature_cache_dir, mesh) if compute_samples else None
     if compute_samples and scorer is None:
@@ -194,7 +185,6 @@ def evaluate(
     result: dict[str, Any] = {
         "checkpoint_step": checkpoint_step, "nll": None, "elbo": None, "ode_nll": None, "sample_quality": None,
     }
-    family = model_family(recipe.diffusion)
 
     def details(started: float, num_examples: int | None = None) -> dict[str, Any]:
         """What every eval record says of the run besides its numbers."""
@@ -203,7 +193,7 @@ def evaluate(
             "split": _eval_split_name(config, num_examples), "seconds": time.perf_counter() - started,
         }
 
-    if family == "classifier":  # a noise-conditional classifier: its accuracy per band of noise levels
+    if not family.draws_samples:  # a noise-conditional classifier: its accuracy per band of noise levels
         result["classifier"] = None
         if recipe.eval_batches is not None:
             started = time.perf_counter()
@@ -215,9 +205,8 @@ def evaluate(
         return result
     bounds = compute_nll and recipe.eval_batches is not None
     for asked, name in ((e.elbo, "eval.elbo"), (e.ode_nll, "eval.ode_nll")):
-        if bounds and asked and family not in GAUSSIAN_FAMILIES:
-            logging.warning("%s: a %s model has no likelihood bound; skipped", name, family)
-    gaussian = bounds and family in GAUSSIAN_FAMILIES
+        if bounds and asked and name.partition(".")[2] not in family.bounds:
+            logging.warning("%s: a %s model has no likelihood bound; skipped", name, family.name)
 
     def record(key: str, write, bound, started: float, num_examples: int | None = None) -> None:
         """``result[key]``: the bound's record with the run's details, written by process 0."""
@@ -227,19 +216,19 @@ def evaluate(
         else:
             result[key] = {**bound.to_json(), **extra}
 
-    if bounds and family == "discrete":
+    if bounds and "nll" in family.bounds:
         started = time.perf_counter()
         nll = nll_of_state(recipe, state, mesh, use_ema=use_ema, seed=e.nll_seed, chain=e.nll_chain, progress=is_main)
         record("nll", write_nll_json, nll, started)
 
-    if gaussian and e.elbo:
+    if bounds and e.elbo and "elbo" in family.bounds:
         started = time.perf_counter()
         num_steps = e.elbo_steps or None  # VDM's T-step diffusion loss instead of L_inf: elbo_T<T>.json
         elbo = elbo_of_params(recipe, params, mesh, recipe.eval_batches(), draws=e.elbo_draws, seed=e.nll_seed,
                               num_steps=num_steps, progress=is_main)
         record("elbo" if num_steps is None else f"elbo_T{num_steps}", write_elbo_json, elbo, started)
 
-    if gaussian and e.ode_nll:
+    if bounds and e.ode_nll and "ode_nll" in family.bounds:
         started = time.perf_counter()
         ode = ode_nll_of_params(
             recipe, params, mesh, first_examples(recipe.eval_batches(), e.ode_num_examples),
@@ -248,22 +237,30 @@ def evaluate(
         record("ode_nll", write_ode_nll_json, ode, started, e.ode_num_examples or None)
 
     if scorer is not None:
-        entries = sampling_step_list(e.sample_steps) if e.sample_steps else [None]
-        choices = [SamplerChoice.from_settings(config.sample, entry) for entry in entries]
-        key = jax.random.fold_in(jax.random.PRNGKey(config.train.seed + 2), checkpoint_step)
-        rows = []
-        for choice in choices:
-            started = time.perf_counter()
-            draw = make_sampler(recipe, mesh, num_samples=e.num_samples, choice=choice)
-            samples = draw(params, key)  # the same key: every choice starts from the same x_T
-            seconds = time.perf_counter() - started
-            rows.append(quality_row(choice, recipe.diffusion, scorer.score(samples), seconds))
-            if is_main:
-                picture = os.path.join(eval_dir, f"samples_{choice.label.replace(':', '_')}.png")
-                recipe.save_samples(samples[:_PICTURE_SAMPLES], picture)
-        quality = quality_record(checkpoint_step, params_name, scorer, config.sample, e.num_samples, recipe.diffusion,
-                                 rows)
-        if is_main:
-            _write_json(os.path.join(eval_dir, "sample_quality.json"), quality)
-        result["sample_quality"] = quality
+        result["sample_quality"] = _sample_quality(config, recipe, mesh, params, params_name, checkpoint_step, scorer,
+                                                   eval_dir)
     return result
+
+
+def _sample_quality(config, recipe, mesh, params, params_name: str, checkpoint_step: int, scorer,
+                    eval_dir: str) -> dict[str, Any]:
+    """``sample_quality.json``: every entry of ``config.eval.sample_steps`` (or ``config.sample``'s
+    choice) from the same x_T, scored, with a picture of the first samples of each."""
+    e, is_main = config.eval, jax.process_index() == 0
+    entries = sampling_step_list(e.sample_steps) if e.sample_steps else [None]
+    choices = [SamplerChoice.from_settings(config.sample, entry) for entry in entries]
+    key = jax.random.fold_in(jax.random.PRNGKey(config.train.seed + 2), checkpoint_step)
+    rows = []
+    for choice in choices:
+        started = time.perf_counter()
+        draw = make_sampler(recipe, mesh, num_samples=e.num_samples, choice=choice)
+        samples = draw(params, key)  # the same key: every choice starts from the same x_T
+        seconds = time.perf_counter() - started
+        rows.append(quality_row(choice, recipe.family, scorer.score(samples), seconds))
+        if is_main:
+            picture = os.path.join(eval_dir, f"samples_{choice.label.replace(':', '_')}.png")
+            recipe.save_samples(samples[:_PICTURE_SAMPLES], picture)
+    quality = quality_record(checkpoint_step, params_name, scorer, config.sample, e.num_samples, recipe.family, rows)
+    if is_main:
+        _write_json(os.path.join(eval_dir, "sample_quality.json"), quality)
+    return quality

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import ml_collections
 
+from diffjax.diffusion.families.registry import FAMILIES
 from diffjax.errors import UserError
+from diffjax.run.config import read_config_json
 from diffjax.runtime.checkpoint import Checkpointer
 from diffjax.runtime.recipe import Recipe
 from diffjax.runtime.sampling import GuidanceClassifier
@@ -73,12 +74,11 @@ def restore_classifier(workdir: str, mesh, step: int | None = None) -> GuidanceC
             f"no classifier in {workdir} (it has no config.json): train one first, e.g. python launch.py "
             f"--config experiments/digits_classifier.py --workdir {workdir}"
         )
-    with open(path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    family = config.diffusion.family
-    if family != "classifier":
-        raise NoClassifierError(f"{workdir} holds a {family!r} model (experiment {config.experiment!r}), not a "
-                                "noise-conditional classifier (diffusion.family 'classifier')")
+    config = read_config_json(path)
+    if FAMILIES[config.diffusion.family].draws_samples:
+        raise NoClassifierError(f"{workdir} holds a {config.diffusion.family!r} model (experiment "
+                                f"{config.experiment!r}), not a noise-conditional classifier (diffusion.family "
+                                "'classifier')")
     try:
         module = load_experiment(config.experiment)
     except FileNotFoundError:

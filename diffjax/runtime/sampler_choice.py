@@ -14,6 +14,7 @@ from typing import Any
 import jax
 
 from diffjax.diffusion import solvers, time_grids
+from diffjax.diffusion.families.gaussian import solver_grid as gaussian_solver_grid
 from diffjax.diffusion.naive import NaiveDiffusion
 from diffjax.diffusion.processes import NoiseProcess, discrete_process
 from diffjax.diffusion.schedules import Schedule, respace
@@ -185,14 +186,7 @@ def accepted_options(solver: str, options: Mapping[str, float]) -> dict[str, flo
 
 def solver_grid(choice: SamplerChoice, model: Schedule | NoiseProcess) -> jax.Array:
     """The time grid [K + 1] of a solver choice for a model trained on a discrete ``Schedule``,
-    or on a continuous ``NoiseProcess``."""
-    num_steps = int(choice.steps)
+    or on a continuous ``NoiseProcess`` (``diffusion.families.gaussian.solver_grid``)."""
     if isinstance(model, NoiseProcess):
-        process = model
-    else:
-        schedule, process = model, discrete_process(model)
-        if choice.grid.startswith(DISCRETE_GRID_PREFIX):
-            return time_grids.discrete_grid(schedule.num_timesteps, num_steps, choice.grid[len(DISCRETE_GRID_PREFIX):])
-    if choice.grid == "karras":
-        return time_grids.karras(process, num_steps, rho=choice.rho)
-    return time_grids.GRIDS[choice.grid](process, num_steps)
+        return gaussian_solver_grid(choice, model)
+    return gaussian_solver_grid(choice, discrete_process(model), model.num_timesteps)

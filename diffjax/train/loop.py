@@ -19,7 +19,7 @@ from diffjax.models.denoiser import init_params
 from diffjax.runtime.checkpoint import Checkpointer, PreemptionFlag
 from diffjax.runtime.mesh import global_batch, make_mesh, replicated_sharding
 from diffjax.runtime.recipe import Recipe
-from diffjax.runtime.sampling import SamplerChoice, make_sampler, model_family
+from diffjax.runtime.sampling import SamplerChoice, make_sampler
 from diffjax.train.metrics import MetricsWriter
 from diffjax.train.optim import make_optimizer
 from diffjax.train.state import TrainState, init_train_state
@@ -37,8 +37,7 @@ def make_init_fn(recipe: Recipe, optimizer: optax.GradientTransformation):
 
     def init(rng):
         params = init_params(recipe.model, jax.random.fold_in(rng, 0), recipe.input_shape)
-        sampler = getattr(recipe.diffusion, "timestep_sampler", None)  # the discrete chain's t sampler
-        return init_train_state(params, optimizer, () if sampler is None else sampler.init(), rng)
+        return init_train_state(params, optimizer, recipe.family.init_state(), rng)
 
     return init
 
@@ -124,7 +123,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, recipe: 
 
     step_fn = make_train_step(recipe, optimizer, train.ema_decay, mesh)
     draw = None  # a classifier draws no samples
-    if model_family(recipe.diffusion) != "classifier":
+    if recipe.family.draws_samples:
         draw = make_sampler(recipe, mesh, num_samples=config.sample.num, choice=SamplerChoice.from_settings(config.sample))
     outputs = _RunOutputs(workdir, config, start_step, is_main)
     preemption = PreemptionFlag()

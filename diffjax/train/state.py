@@ -21,7 +21,8 @@ class TrainState:
       params: the denoiser's params.
       ema_params: their exponential moving average (used for sampling and evaluation).
       opt_state: the optax state.
-      sampler_state: the timestep sampler's state (loss history, or ()).
+      sampler_state: the family's training state (``init_state``: the discrete chain's loss history of
+        importance-sampled t, or ()).
       rng: the run's root PRNG key (raw uint32 [2]); step n uses ``fold_in(rng, n)``.
     """
 

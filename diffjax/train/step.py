@@ -9,18 +9,16 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from diffjax.diffusion.continuous import ContinuousDiffusion
-from diffjax.diffusion.gaussian import q_sample
-from diffjax.diffusion.losses import training_losses
-from diffjax.diffusion.naive import NaiveDiffusion
-from diffjax.diffusion.noisy_classifier import NoisyClassification
-from diffjax.models.denoiser import make_denoise_fn
+from diffjax.models.denoiser import network_fn
 from diffjax.runtime.mesh import data_sharding, replicated_sharding
 from diffjax.runtime.recipe import Recipe
 from diffjax.train.optim import ema_update
 from diffjax.train.state import TrainState
 
-__all__ = ["make_train_step", "train_step"]
+__all__ = ["METRIC_TERMS", "make_train_step", "train_step"]
+
+METRIC_TERMS = ("mse", "vb", "diffusion", "prior", "reconstruction", "accuracy")
+"""Per-example terms of a family's losses that are logged (their batch means) when present."""
 
 
 def train_step(
@@ -31,8 +29,9 @@ def train_step(
     optimizer: optax.GradientTransformation,
     ema_decay: float,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One update: draw t and noise, compute the objective, step Adam, the EMA and the
-    timestep sampler.
+    """One update: the family's losses (it draws its noise levels and noise), a step of the
+    optimiser, the EMA and the family's training state (e.g. the loss history of
+    importance-sampled t).
 
     A step whose loss or gradient is not finite leaves the state unchanged (``finite`` is
     0 in its metrics), so a NaN can never reach the params or a checkpoint; the loop
@@ -41,15 +40,14 @@ def train_step(
     Args:
       state: the current state.
       batch: ``image`` float32 [B, ...] in [-1, 1], ``label`` int32 [B].
-      recipe: model, diffusion and conditioning settings (static).
+      recipe: model, family and conditioning settings (static).
       optimizer: the optax transformation.
       ema_decay: EMA decay.
 
     Returns:
-      (new state, metrics of scalars: loss, grad_norm, finite, and mse, vb, the continuous
-      bound's terms, a classifier's accuracy where defined).
+      (new state, metrics of scalars: loss, grad_norm, finite, and the family's terms of
+      ``METRIC_TERMS`` where defined).
     """
-    diffusion = recipe.diffusion
     x0 = batch["image"]
     batch_size = x0.shape[0]
     key = jax.random.fold_in(state.rng, state.step)
@@ -60,37 +58,14 @@ def train_step(
         drop = jax.random.bernoulli(key_label, recipe.class_dropout, (batch_size,))
         cond = jnp.where(drop, recipe.num_classes, batch["label"]).astype(jnp.int32)
 
-    if isinstance(diffusion, (ContinuousDiffusion, NaiveDiffusion, NoisyClassification)):  # their own losses
-        def network(params, x, c_noise, labels):
-            rngs = {"dropout": key_dropout}
-            return recipe.model.apply({"params": params}, x, c_noise, labels, train=True, rngs=rngs)
+    network = network_fn(recipe.model, train=True, dropout_key=key_dropout)
 
-        def loss_fn(params):
-            terms = diffusion.losses(network, params, x0, key_t, cond)
-            return jnp.mean(terms["loss"]), terms
+    def loss_fn(params):
+        terms, family_state = recipe.family.train_losses(network, params, x0, (key_t, key_noise), cond,
+                                                         state.sampler_state)
+        return jnp.mean(terms["loss"]), (terms, family_state)
 
-        sampler_state = state.sampler_state
-        (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    else:
-        schedule = diffusion.schedule
-        t, weights = diffusion.timestep_sampler.sample(state.sampler_state, key_t, batch_size)
-        noise = jax.random.normal(key_noise, x0.shape, x0.dtype)
-        x_t = q_sample(schedule, x0, t, noise)
-        denoise = make_denoise_fn(
-            recipe.model,
-            num_timesteps=schedule.original_num_timesteps,
-            rescale_timesteps=recipe.rescale_timesteps,
-            train=True,
-            dropout_key=key_dropout,
-        )
-
-        def loss_fn(params):
-            output = denoise(params, x_t, schedule.timestep_map[t], cond)
-            terms = training_losses(diffusion.spec, diffusion.objective, schedule, output, x0, x_t, t, noise)
-            return jnp.mean(weights * terms["loss"]), terms
-
-        (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        sampler_state = diffusion.timestep_sampler.update(state.sampler_state, t, terms["loss"])
+    (loss, (terms, sampler_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grad_norm = optax.global_norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -103,12 +78,8 @@ def train_step(
     )
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
-    metrics = {
-        "loss": loss,
-        "grad_norm": grad_norm,
-        "finite": finite.astype(jnp.float32),
-    }
-    for name in ("mse", "vb", "diffusion", "prior", "reconstruction", "accuracy"):
+    metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite.astype(jnp.float32)}
+    for name in METRIC_TERMS:
         if name in terms:
             metrics[name] = jnp.mean(terms[name])
     return new_state, metrics

@@ -23,6 +23,7 @@ import pytest
 from diffjax.diffusion import vdm
 from diffjax.diffusion.continuous import ContinuousDiffusion, GammaProcess, noise_conditioning
 from diffjax.models.noise_schedule import LinearSchedule, MonotoneSchedule
+from diffjax.run.config import set_family
 from diffjax.run.recipes import network_from_config
 from diffjax.runtime.mesh import make_mesh
 from diffjax.runtime.sampling import SamplerChoice, make_sampler
@@ -148,9 +149,9 @@ def test_log_normal_sigma_and_edm_weighting():
 
 
 def test_configuration_errors_are_named():
-    with pytest.raises(ValueError, match="log_normal noise sampler needs the edm process"):
+    with pytest.raises(ValueError, match="noise_sampler: log_normal draws EDM's sigma and needs process 'edm'"):
         ContinuousDiffusion(process="vp_linear", noise_sampler="log_normal")
-    with pytest.raises(ValueError, match="unknown prediction"):
+    with pytest.raises(ValueError, match="prediction: 'score' is not one of"):
         ContinuousDiffusion(prediction="score")
     with pytest.raises(ValueError, match="schedule module is needed"):
         ContinuousDiffusion(process="vdm", gamma_schedule="monotone")
@@ -265,14 +266,14 @@ FAMILIES = {
     "edm": dict(family="continuous", process="edm", prediction="edm", weighting="edm", noise_sampler="log_normal"),
     "vdm_monotone": dict(family="continuous", process="vdm", weighting="elbo", gamma_schedule="monotone",
                          schedule_hidden=8),
-    "naive": dict(family="naive", naive_levels=4),
+    "naive": dict(family="naive", num_levels=4),
 }
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_train_step_and_sampler_of_every_family(name):
     config = toy_config().copy_and_resolve_references()
-    config.diffusion.update(FAMILIES[name])
+    set_family(config, **FAMILIES[name])
     if name == "naive":
         config.sample.update(solver="", steps="")
     else:
@@ -294,12 +295,12 @@ def test_train_step_and_sampler_of_every_family(name):
     choice = SamplerChoice.from_settings(config.sample)
     samples = make_sampler(recipe, make_mesh(), num_samples=8, choice=choice)(new_state.ema_params, jax.random.PRNGKey(1))
     assert samples.shape == (8, 2) and np.all(np.isfinite(samples))
-    assert choice.nfe(recipe.diffusion) == (4 if name == "naive" else 5)
+    assert recipe.family.nfe(choice) == (4 if name == "naive" else 5)
 
 
 def test_continuous_models_need_a_solver():
     config = toy_config().copy_and_resolve_references()
-    config.diffusion.update(FAMILIES["edm"])
+    set_family(config, **FAMILIES["edm"])
     recipe = toy_recipe(config)
     with pytest.raises(ValueError, match="sampled by a solver"):
         make_sampler(recipe, make_mesh(), num_samples=4, choice=SamplerChoice(solver="", steps="ddim5"))
@@ -335,7 +336,7 @@ def test_edm_sampler_starts_from_the_wide_prior_and_reaches_the_data():
     17 steps: 6.5%, the solver's own error, the same on VP-cosine), checked to 1%. A unit-variance
     start would be 80 times too small."""
     config = toy_config().copy_and_resolve_references()
-    config.diffusion.update(FAMILIES["edm"])
+    set_family(config, **FAMILIES["edm"])
     config.sample.update(solver="heun", steps="60", grid="karras", clip_denoised=False)
     data_std = 0.3
     recipe = dataclasses.replace(toy_recipe(config), model=_ExactGaussianEDMNetwork(data_std))

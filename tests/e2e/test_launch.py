@@ -7,9 +7,18 @@ import types
 import pytest
 
 from diffjax import models
-from diffjax.run.config import ConfigError, base_config, network_hyperparameters, set_model, validate, validate_backend
+from diffjax.run.config import (
+    ConfigError,
+    base_config,
+    network_hyperparameters,
+    set_family,
+    set_model,
+    validate,
+    validate_backend,
+)
 from diffjax.run.experiments import build_recipe
-from tests.support.train_utils import load_experiment, run_python
+from tests.support.subprocesses import run_python
+from tests.support.train_utils import load_experiment
 
 
 def _launch(*args, timeout=240):
@@ -117,13 +126,13 @@ def test_every_experiment_builds_its_network_from_the_config(name, arg, count):
 
 def test_set_model_writes_every_key_and_keeps_the_run_keys():
     config = base_config()
-    config.model.rescale_timesteps = True
+    config.model.class_dropout = 0.2
     config.model.dtype = "bfloat16"
     set_model(config, "toy2d", hidden=64)
     assert set(config.model) == {"arch", "hidden", "num_blocks", "sinusoid_dim", "dropout", "dtype",
-                                 "rescale_timesteps", "class_dropout", "fourier_features"}
+                                 "class_dropout", "fourier_features"}
     assert config.model.arch == "mlp" and config.model.hidden == 64 and config.model.num_blocks == 3
-    assert config.model.rescale_timesteps is True and config.model.dtype == "bfloat16"
+    assert config.model.class_dropout == 0.2 and config.model.dtype == "bfloat16"
     set_model(config, "iddpm_cifar10")
     assert config.model.channels == 128 and config.model.channel_mult == (1, 2, 2, 2)
     assert config.model.num_head_channels == -1 and config.model.dropout == 0.3
@@ -284,28 +293,44 @@ def test_learned_schedule_params_sit_beside_the_network():
 @pytest.mark.parametrize(
     "updates,message",
     [
-        (dict(family="ddim"), "config.diffusion.family: 'ddim' is not one of"),
         (dict(family="continuous", process="vp_linear", noise_sampler="log_normal"),
          "config.diffusion.noise_sampler: log_normal draws EDM's sigma and needs process 'edm'"),
         (dict(family="continuous", weighting="snr"), "config.diffusion.weighting: 'snr' is not one of"),
         (dict(family="continuous", process="edm", weighting="v_mse"), "config.diffusion.weighting: v_mse"),
         (dict(family="continuous", gamma_0=6.0), r"config.diffusion.gamma_0: gamma_0 \(6.0\) must be below"),
-        (dict(family="continuous", var_type="learned_range"), "config.diffusion.var_type: a continuous-time model"),
+        (dict(family="continuous", schedule_hidden=0), "config.diffusion.schedule_hidden: must be an integer >= 1"),
         (dict(family="continuous"), "config.sample.steps: a continuous-time model is sampled by a solver"),
-        (dict(family="naive", naive_levels=0), "config.diffusion.naive_levels: must be an integer >= 1"),
+        (dict(family="naive", num_levels=0), "config.diffusion.num_levels: must be an integer >= 1"),
+        (dict(family="discrete", prediction="score"), "config.diffusion.prediction: 'score' is not one of"),
     ],
 )
 def test_validate_names_the_bad_family_key(updates, message):
     config = load_experiment("digits_ddpm").get_config()
-    config.diffusion.update(updates)
+    set_family(config, **updates)
     with pytest.raises(ConfigError, match=message):
         validate(config)
+
+
+def test_a_family_section_holds_exactly_its_keys():
+    config = load_experiment("digits_ddpm").get_config()
+    config.diffusion.family = "ddim"
+    with pytest.raises(ConfigError, match="config.diffusion.family: 'ddim' is not one of"):
+        validate(config)
+    config.diffusion.family = "continuous"  # the chain's keys under another family's name
+    with pytest.raises(ConfigError, match="config.diffusion.family: 'continuous' is not the family config.diffusion "
+                                          "describes"):
+        validate(config)
+    with pytest.raises(KeyError, match="not keys of the naive family"):
+        set_family(config, "naive", process="edm")
+    config.lock()  # as launch.py locks it: another family's key is refused
+    with pytest.raises(AttributeError):
+        config.diffusion.process = "edm"
 
 
 def test_naive_and_elbo_settings_are_checked():
     config = load_experiment("digits_naive").get_config()
     config.eval.elbo = True
-    with pytest.raises(ConfigError, match="config.eval.elbo: naive diffusion has no likelihood bound"):
+    with pytest.raises(ConfigError, match="config.eval.elbo: a naive model has no likelihood bound"):
         validate(config)
     config = load_experiment("digits_naive").get_config()
     config.sample.solver = "heun"
@@ -333,7 +358,10 @@ def test_guidance_settings_are_checked(experiment, updates, message):
     config = load_experiment(experiment).get_config()
     for key, value in updates.items():
         group, name = key.split(".")
-        config[group][name] = value
+        if key == "diffusion.family":
+            set_family(config, value)
+        else:
+            config[group][name] = value
     with pytest.raises(ConfigError, match=message):
         validate(config)
 

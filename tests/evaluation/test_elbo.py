@@ -1,5 +1,5 @@
 """The continuous-time VDM bound of any Gaussian model (``diffjax.evaluation.elbo``), the model
-view it reads models through (``runtime.model_view``), and ``evaluate``'s ``eval/elbo.json``.
+view it reads models through (``diffusion.families.gaussian.model_view``), and ``evaluate``'s ``eval/elbo.json``.
 
 The reference: 8-bit data x = Gaussian N(MU, S^2) per dimension discretised onto the grid
 v_k = 2k/255 - 1 (edge values taking the tails), whose NLL is exact from the normal CDF, and
@@ -34,18 +34,18 @@ from scipy.special import log_softmax, ndtr
 
 from diffjax.diffusion import vdm
 from diffjax.diffusion.continuous import ContinuousDiffusion, GammaProcess
+from diffjax.diffusion.families.gaussian import model_view
 from diffjax.diffusion.naive import NaiveDiffusion
 from diffjax.diffusion.processes import EDM
 from diffjax.evaluation.elbo import BOUND, ELBOEvaluator, continuous_bound, vp_coordinates
 from diffjax.evaluation.ode_nll import ODEBoundEvaluator
-from diffjax.models.denoiser import init_params
+from diffjax.models.denoiser import init_params, network_fn
 from diffjax.models.mlp import MLPDenoiser
 from diffjax.models.noise_schedule import LinearSchedule, MonotoneSchedule
 from diffjax.models.scheduled import ScheduledDenoiser
 from diffjax.run.compare import write_report
-from diffjax.run.config import validate
+from diffjax.run.config import set_family, validate
 from diffjax.run.evaluate import evaluate
-from diffjax.runtime.model_view import denoiser_view
 from diffjax.runtime.recipe import Recipe
 from diffjax.train.loop import make_init_fn
 from diffjax.train.optim import make_optimizer
@@ -205,8 +205,7 @@ def test_ve_bound_equals_the_bound_of_the_equivalent_vp_process(gaussian_data):
 
 
 def _bare_recipe(model, diffusion, input_shape) -> Recipe:
-    return Recipe(model=model, input_shape=input_shape, diffusion=diffusion, rescale_timesteps=False,
-                  train_batches=None, save_samples=None)
+    return Recipe(model=model, input_shape=input_shape, family=diffusion, train_batches=None, save_samples=None)
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +232,7 @@ def vdm_model():
 
 def test_evaluator_bound_of_a_vdm_model_is_the_mean_of_its_training_loss(vdm_model):
     recipe, params, data = vdm_model
-    diffusion = recipe.diffusion
+    diffusion = recipe.family
     evaluator = ELBOEvaluator(recipe, draws=64)
     result = evaluator(params, batches_of(data, 32), seed=5)
     assert result.count == 48 and result.num_batches == 2 and result.family == "continuous"
@@ -272,7 +271,7 @@ def test_model_view_reads_both_families_at_scalar_and_per_example_times(vdm_mode
     discrete_params = jax.jit(lambda key: init_params(discrete.model, key, discrete.input_shape))(jax.random.PRNGKey(0))
     x = jnp.asarray(data[:6, :2])
     for model, model_params, inputs in ((recipe, params, jnp.asarray(data[:6])), (discrete, discrete_params, x)):
-        process, denoise_x0 = denoiser_view(model, model_params)
+        process, denoise_x0 = model_view(model.family, network_fn(model.model), model_params)
         t = 0.5 * (process.t_min + process.t_max)
         at_times = jax.jit(lambda x, scalar, times: (denoise_x0(x, scalar), denoise_x0(x, times)))  # noqa: B023
         scalar, per_example = at_times(inputs, jnp.float32(t), jnp.full((6,), t))
@@ -281,13 +280,13 @@ def test_model_view_reads_both_families_at_scalar_and_per_example_times(vdm_mode
             denoise_x0(inputs, jnp.full((5,), t))
     # The discrete chain's continuous view runs from its step 0 to its step T - 1.
     result = ELBOEvaluator(discrete, draws=2)(discrete_params, batches_of(data[:6, :2], 4))
-    alphas_cumprod = np.cumprod(1.0 - discrete.diffusion.schedule.source.values)
+    alphas_cumprod = np.cumprod(1.0 - discrete.family.schedule.source.values)
     log_snr = np.log(alphas_cumprod) - np.log1p(-alphas_cumprod)
     np.testing.assert_allclose((result.gamma_0, result.gamma_1), -log_snr[[0, -1]], rtol=1e-4)
     assert result.count == 6 and np.all(np.isfinite(result.per_example["total"]))
     assert result.to_json()["model"].startswith("a discrete chain on its continuous view")
-    naive = dataclasses.replace(recipe, diffusion=NaiveDiffusion(num_levels=4))
-    for build in (lambda: denoiser_view(naive, params), lambda: ELBOEvaluator(naive),
+    naive = dataclasses.replace(recipe, family=NaiveDiffusion(num_levels=4))
+    for build in (lambda: model_view(naive.family, network_fn(naive.model), params), lambda: ELBOEvaluator(naive),
                   lambda: ODEBoundEvaluator(naive)):
         with pytest.raises(ValueError, match="family is 'naive'"):
             build()
@@ -300,7 +299,7 @@ def test_evaluate_reports_the_bounds_of_a_continuous_model(tmp_path):
     """A continuous (vdm) toy run: eval/elbo.json and eval/ode_nll.json, no T-step nll.json, sample
     quality without a chain's T; the comparison table gets the continuous bound's column."""
     config = toy_config().copy_and_resolve_references()
-    config.diffusion.update(family="continuous", process="vdm", weighting="elbo")
+    set_family(config, "continuous", process="vdm", weighting="elbo")
     config.sample.update(solver="heun", steps="2")
     config.eval.update(elbo=True, elbo_draws=4, ode_nll=True, ode_rtol=1e-3, ode_atol=1e-3, num_samples=64,
                        sample_steps="heun:2")
@@ -343,7 +342,7 @@ def test_t_step_bound_of_a_vdm_model_is_vdm_discrete_loss(vdm_model):
     np.testing.assert_allclose(result.per_example["prior"], infinite.per_example["prior"], rtol=1e-6)
     np.testing.assert_allclose(result.per_example["reconstruction"], infinite.per_example["reconstruction"], rtol=1e-6)
     # The same draws through vdm_loss directly (continuous_bound's own recipe for them).
-    process, denoise_x0 = denoiser_view(recipe, params)
+    process, denoise_x0 = model_view(recipe.family, network_fn(recipe.model), params)
     gamma_fn, eps_fn = vp_coordinates(process, denoise_x0)
     key = jax.random.fold_in(jax.random.PRNGKey(5), 0)
     key_u, key_draws = jax.random.split(key)

@@ -135,10 +135,10 @@ def test_nll_does_not_depend_on_batching_or_padding_and_is_the_mean_bound(toy_se
     np.testing.assert_allclose(split.vb_bpd, whole.vb_bpd, rtol=1e-5, atol=1e-9)
     np.testing.assert_allclose(whole.bpd, whole.prior_bpd + whole.vb_bpd.sum(), rtol=1e-6)
     # The same number from the bound itself with example i's key fold_in(PRNGKey(3), i).
-    schedule = recipe.diffusion.schedule
-    denoise = make_denoise_fn(recipe.model, num_timesteps=20, rescale_timesteps=recipe.rescale_timesteps)
+    schedule = recipe.family.schedule
+    denoise = make_denoise_fn(recipe.model, num_timesteps=20, rescale_timesteps=recipe.family.rescale_timesteps)
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(3), i))(np.arange(10))
-    bound = jax.jit(lambda p, x, k: bpd(denoise, p, schedule, recipe.diffusion.spec, x, k))
+    bound = jax.jit(lambda p, x, k: bpd(denoise, p, schedule, recipe.family.spec, x, k))
     direct = bound(state.ema_params, data, keys)
     np.testing.assert_allclose(whole.bpd, float(np.mean(direct["total"])), rtol=1e-5)
     assert whole.vb_bpd.shape == (20,)

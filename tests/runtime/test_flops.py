@@ -127,7 +127,7 @@ def test_forward_backward_against_xla_compiled_cost_analysis(tiny_step):
     from diffjax.models.denoiser import make_denoise_fn
 
     recipe, state, _ = tiny_step
-    denoise = make_denoise_fn(recipe.model, num_timesteps=1000, rescale_timesteps=recipe.rescale_timesteps)
+    denoise = make_denoise_fn(recipe.model, num_timesteps=1000, rescale_timesteps=recipe.family.rescale_timesteps)
     x = jax.ShapeDtypeStruct((4, *recipe.input_shape), jnp.float32)
     t = jax.ShapeDtypeStruct((4,), jnp.int32)
 

@@ -28,17 +28,17 @@ def toy():
 
 def test_choice_from_settings_and_eval_entries(toy):
     config, recipe, _ = toy
-    schedule = recipe.diffusion.schedule
+    schedule, family = recipe.family.schedule, recipe.family
     chain = SamplerChoice.from_settings(config.sample)
     assert chain.solver == "" and chain.label == config.sample.steps
-    assert chain.nfe(schedule) == chain.num_steps(schedule) == int(config.sample.steps.removeprefix("ddim"))
+    assert family.nfe(chain) == family.num_steps(chain) == int(config.sample.steps.removeprefix("ddim"))
     heun = SamplerChoice.from_settings(config.sample, "heun:5")
     assert (heun.solver, heun.steps, heun.label) == ("heun", "5", "heun:5:uniform_log_snr")
     assert SamplerChoice.from_settings(config.sample, "heun:5:karras").grid == "karras"
-    assert heun.num_steps(schedule) == 5 and heun.nfe(schedule) == 2 * 5 + 1  # + the final denoising
-    assert SamplerChoice.from_settings(config.sample, "dpmpp_2m:10").nfe(schedule) == 11
+    assert family.num_steps(heun) == 5 and family.nfe(heun) == 2 * 5 + 1  # + the final denoising
+    assert family.nfe(SamplerChoice.from_settings(config.sample, "dpmpp_2m:10")) == 11
     respaced = SamplerChoice.from_settings(config.sample, "10")
-    assert respaced.solver == "" and respaced.nfe(schedule) == 10
+    assert respaced.solver == "" and family.nfe(respaced) == 10 and schedule.num_timesteps == 20
     settings = heun.settings()
     assert settings["grid"] == "uniform_log_snr" and settings["solver_options"] == {}  # Heun takes none
     ancestral = SamplerChoice.from_settings(config.sample, "euler_ancestral:4").settings()["solver_options"]
@@ -55,7 +55,7 @@ def test_solver_ddim_on_the_chain_grid_is_the_chain_ddim(toy, clip):
     chain = dataclasses.replace(SamplerChoice.from_settings(config.sample, "6"), clip_denoised=clip)
     solver = dataclasses.replace(SamplerChoice.from_settings(config.sample, "ddim:5"), grid="discrete_even",
                                  clip_denoised=clip)
-    assert chain.nfe(recipe.diffusion.schedule) == solver.nfe(recipe.diffusion.schedule) == 6
+    assert recipe.family.nfe(chain) == recipe.family.nfe(solver) == 6
     key = jax.random.PRNGKey(3)
     expected = make_sampler(recipe, mesh, num_samples=32, choice=chain)(params, key)
     got = make_sampler(recipe, mesh, num_samples=32, choice=solver)(params, key)
