@@ -63,6 +63,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from diffjax.diffusion import vdm
+from diffjax.diffusion.families.base import require_bound
 from diffjax.diffusion.families.gaussian import model_view
 from diffjax.diffusion.processes import NoiseProcess, expand_to_rank
 from diffjax.evaluation.ode_nll import mean_and_stderr, pixel_batches, write_result_json
@@ -256,9 +257,7 @@ class ELBOEvaluator:
         self.mesh = mesh or make_mesh()
         self.draws = int(draws)
         family, network = recipe.family, network_fn(recipe.model)
-        if "elbo" not in family.bounds:
-            raise ValueError(f"the continuous VDM bound needs a Gaussian diffusion model; this model's family is "
-                             f"{family.name!r}, which has no likelihood")
+        require_bound(family, "elbo", "the continuous VDM bound")
         self.family = family.name
         conditional = recipe.num_classes > 0
         values = vdm.grid_values(GRID, jnp.float32)

@@ -31,6 +31,7 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
+from diffjax.diffusion.families.base import require_bound
 from diffjax.diffusion.families.gaussian import model_view
 from diffjax.diffusion.ode_likelihood import bits_per_dim
 from diffjax.evaluation.nll import _pad_rows
@@ -205,9 +206,7 @@ class ODEBoundEvaluator:
         self.mesh = mesh or make_mesh()
         self.probes, self.rtol, self.atol = int(probes), float(rtol), float(atol)
         family, network = recipe.family, network_fn(recipe.model)
-        if "ode_nll" not in family.bounds:
-            raise ValueError(f"the PF-ODE bound needs a Gaussian diffusion model; this model's family is "
-                             f"{family.name!r}, which has no likelihood")
+        require_bound(family, "ode_nll", "the PF-ODE bound")
         conditional = recipe.num_classes > 0
 
         def per_batch(params, pixels, labels, mask, key):

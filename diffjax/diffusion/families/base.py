@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Protocol
 
 import jax
 
-__all__ = ["BOUNDS", "Draw", "Family", "GaussianFamily", "Network", "check_one_of"]
+__all__ = ["BOUNDS", "Draw", "Family", "GaussianFamily", "Network", "check_one_of", "require_bound"]
 
 BOUNDS = ("nll", "elbo", "ode_nll")
 """The likelihood bounds a family may support: the discrete chain's T-step bound (``nll``),
@@ -34,6 +34,14 @@ def check_one_of(key: str, value: Any, allowed) -> None:
     errors start with the key they are about, so ``run/`` can name ``config.diffusion.<key>``)."""
     if value not in allowed:
         raise ValueError(f"{key}: {value!r} is not one of {sorted(allowed)}")
+
+
+def require_bound(family, bound: str, what: str) -> None:
+    """Raise ``ValueError`` naming ``what`` (e.g. "the PF-ODE bound") unless ``bound`` is one of the
+    family's ``bounds``."""
+    if bound not in family.bounds:
+        raise ValueError(f"{what} needs a Gaussian diffusion model; this model's family is {family.name!r}, "
+                         "which has no likelihood")
 
 
 @dataclasses.dataclass(frozen=True)
