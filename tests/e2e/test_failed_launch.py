@@ -14,7 +14,8 @@ from diffjax.run.evaluate import evaluate
 from diffjax.run.sample import OutputNotWritableError, generate
 from diffjax.runtime.checkpoint import CheckpointDamagedError, CheckpointMismatchError, NoCheckpointError
 from diffjax.train import NonFiniteLossError, train_and_evaluate
-from tests.support.train_utils import run_python, toy_config, toy_recipe
+from tests.support.subprocesses import run_python
+from tests.support.train_utils import toy_config, toy_recipe
 
 
 def snapshot(workdir: str) -> dict[str, bytes | None]:

@@ -12,7 +12,7 @@ import socket
 import numpy as np
 import pytest
 
-from tests.support.train_utils import run_python
+from tests.support.subprocesses import run_python
 
 pytestmark = pytest.mark.slow
 
@@ -47,21 +47,17 @@ def test_launch_two_processes_trains_checkpoints_and_matches_one(tmp_path):
     import json
     import os
     import subprocess
-    import sys
 
-    from tests.support.train_utils import REPO
+    from tests.support.subprocesses import popen_python
 
     args = ["launch.py", "--config", "experiments/toy2d.py:eight_gaussians,smoke"]
     one = run_python([*args, "--workdir", str(tmp_path / "one")])
     assert one.returncode == 0, one.stderr[-3000:]
     port = _free_port()
-    env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS="")
     procs = [
-        subprocess.Popen(
-            [sys.executable, *args, "--workdir", str(tmp_path / "two"), f"--coordinator_address=127.0.0.1:{port}",
-             "--num_processes=2", f"--process_id={i}"],
-            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
+        popen_python([*args, "--workdir", str(tmp_path / "two"), f"--coordinator_address=127.0.0.1:{port}",
+                      "--num_processes=2", f"--process_id={i}"],
+                     env={"XLA_FLAGS": ""}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         for i in range(2)
     ]
     try:

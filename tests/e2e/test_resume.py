@@ -4,14 +4,14 @@ SIGTERM (preemption) saves a checkpoint and exits 0 (moved from tests/train/test
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
 from diffjax.runtime.checkpoint import Checkpointer
-from tests.support.train_utils import REPO, run_python, toy_config, toy_recipe
+from tests.support.subprocesses import popen_python, run_python
+from tests.support.train_utils import toy_config, toy_recipe
 from tests.train.test_train import _final_params
 
 
@@ -27,7 +27,7 @@ def test_kill_9_and_resume_is_bit_exact(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
 
     killed = str(tmp_path / "killed")
-    proc = subprocess.Popen([sys.executable, *args, "--workdir", killed], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = popen_python([*args, "--workdir", killed], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
     checkpoints = os.path.join(killed, "checkpoints")
     while time.time() < deadline:
@@ -60,7 +60,7 @@ def test_sigterm_saves_and_exits(tmp_path):
     args = ["launch.py", "--config", "experiments/toy2d.py:eight_gaussians", "--config.train.num_steps=100000",
             "--config.train.checkpoint_every=50000", "--config.train.log_every=10", "--config.train.batch_size=32",
             "--config.model.hidden=16", "--config.model.num_blocks=1", "--workdir", workdir]
-    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = popen_python(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     metrics = os.path.join(workdir, "metrics.jsonl")
     deadline = time.time() + 120
     while time.time() < deadline and not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):

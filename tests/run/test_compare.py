@@ -6,7 +6,8 @@ import os
 import numpy as np
 
 from diffjax.run.compare import load_run, main, summary_table, write_report
-from tests.support.train_utils import run_python, toy_config
+from tests.support.subprocesses import run_python
+from tests.support.train_utils import toy_config
 
 
 def make_run(root, name, *, schedule="cosine", objective="simple", var_type="fixed_large", metrics=True,

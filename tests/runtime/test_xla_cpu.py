@@ -8,7 +8,7 @@ import pytest
 
 from diffjax.run.config import ConfigError, base_config, validate
 from diffjax.runtime.xla_cpu import YNN_FUSION_OPTION, cpu_xla_flags, use_cpu_fusions
-from tests.support.train_utils import run_python
+from tests.support.subprocesses import run_python
 
 # Prints, as JSON, whether a 3x3 conv's ops (forward and both gradients) run inside
 # YNNPACK fusions in the compiled program, and the gradients.

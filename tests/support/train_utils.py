@@ -1,18 +1,15 @@
-"""Shared helpers of the training tests: tiny configs and recipes, a script runner."""
+"""Shared helpers of the training tests: tiny configs and recipes, run folders (child processes:
+``tests.support.subprocesses``)."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
 
 from diffjax.run.experiments import build_recipe, load_experiment
 from diffjax.runtime.checkpoint import Checkpointer
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def toy_config(num_steps: int = 6, batch_size: int = 16, **train):
@@ -65,10 +62,3 @@ def workdir_with_checkpoint(workdir: str, config, state, step: int = 0) -> str:
 
 def flat_params(params) -> np.ndarray:
     return np.concatenate([np.asarray(leaf, np.float64).ravel() for leaf in jax.tree.leaves(params)])
-
-
-def run_python(args, env=None, timeout=240, **kwargs):
-    """Run ``python args...`` from the repo root; return the CompletedProcess."""
-    full_env = dict(os.environ, **(env or {}))
-    full_env["PYTHONPATH"] = REPO + os.pathsep + full_env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, *args], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout, **kwargs)

@@ -1,0 +1,59 @@
+"""Child Python processes of the tests (launch.py, scripts, workers): the repo on their path and
+the test session's persistent compilation cache.
+
+``tests/conftest.py`` makes one fresh cache folder per test session (shared by the xdist
+workers, deleted at the end, so no entry outlives the session) and names it in
+``$DIFFJAX_TEST_COMPILATION_CACHE``. Every child started through :func:`subprocess_env` caches
+its XLA compilations there, however short (JAX's thresholds set to 0: on the CPU most of the
+tests' compilations take under the 1 s that launch.py's own cache asks for), so the second
+launch of an experiment (``--mode=eval`` after training, a resume, the other worker's run of
+the same model) loads its executables instead of compiling them. The tests' own process does
+not use it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CACHE_ENV = "DIFFJAX_TEST_COMPILATION_CACHE"
+
+
+def compilation_cache_env() -> dict[str, str]:
+    """JAX's environment settings of the session's persistent cache ({} outside a test session)."""
+    folder = os.environ.get(CACHE_ENV)
+    if not folder:
+        return {}
+    return {"JAX_COMPILATION_CACHE_DIR": folder, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
+def subprocess_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``os.environ`` for a child Python: the session's compilation cache, the repo first on
+    PYTHONPATH, then ``env`` (which wins over both)."""
+    full = dict(os.environ, **compilation_cache_env())
+    full.update(env or {})
+    full["PYTHONPATH"] = REPO + os.pathsep + full.get("PYTHONPATH", "")
+    return full
+
+
+def python_command(args) -> list[str]:
+    """``python args...``; a launch.py command without ``--compilation_cache`` gets
+    ``--compilation_cache=`` (launch.py's own cache off: it would set its folder and its 1 s
+    threshold over the session's, which the environment sets)."""
+    args = [str(a) for a in args]
+    if args and args[0] == "launch.py" and not any(a.startswith("--compilation_cache") for a in args):
+        args.append("--compilation_cache=")
+    return [sys.executable, *args]
+
+
+def run_python(args, env=None, timeout=240, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``python args...`` from the repo root (output captured as text); return the CompletedProcess."""
+    return subprocess.run(python_command(args), cwd=REPO, env=subprocess_env(env), capture_output=True, text=True,
+                          timeout=timeout, **kwargs)
+
+
+def popen_python(args, env=None, **kwargs) -> subprocess.Popen:
+    """Start ``python args...`` from the repo root, as :func:`run_python` runs it."""
+    return subprocess.Popen(python_command(args), cwd=REPO, env=subprocess_env(env), **kwargs)
