@@ -55,10 +55,9 @@ whether it is stochastic, and its traced and static options with their defaults)
   raises the order by one; that evaluation is the next step's x0, so NFE = 1. Warm-up
   (order min(p, i + 1) on step i) and ``lower_order_final`` as DPM-Solver++; the carry keeps
   the corrected state (``History.x``). No corrector after the last step (it would cost one
-  more NFE): the result is the last prediction. Measured on Gaussian data: UniPC-2 third
-  order, UniPC-3 fourth order (UniC-p on UniP-p, p + 1; with ``lower_order_final`` less on
-  a VP process: the settings of each measured order are in ``docs/solvers.md``);
-  ``use_corrector=False``: UniP-p, order p.
+  more NFE): the result is the last prediction. UniC-p on UniP-p has order p + 1,
+  ``use_corrector=False`` is UniP-p, order p (the measured orders, and the settings each
+  belongs to, are in ``docs/solvers.md``).
 
 The stochastic solvers (their parameters are keyword arguments, bound with
 ``functools.partial``, and may be traced; the noise of step i is drawn from
