@@ -60,7 +60,7 @@ def main(argv=None):
     labels = np.arange(args.num) % 10
     key = jax.random.PRNGKey(0)
     reference = None
-    print(f"{args.num} samples, {args.entry} ({base.nfe(unconditional.diffusion.schedule)} NFE), "
+    print(f"{args.num} samples, {args.entry} ({unconditional.family.nfe(base)} NFE), "
           f"{jax.device_count()} {jax.default_backend()} device(s)")
     for name, recipe, choice, guide in cases:
         params = _params(recipe, 0)

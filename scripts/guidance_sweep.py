@@ -105,7 +105,7 @@ def main(argv=None):
             samples = draw(params, key, labels, **traced).astype(np.float32)
             seconds = time.perf_counter() - started
             row = {"method": method, "scale": scale, "entry": args.entry, "chain_step": args.method,
-                   "nfe": base.nfe(recipe.family.schedule),
+                   "nfe": recipe.family.nfe(base),
                    "num_samples": args.num_samples, "seed": args.seed, "seconds": seconds,
                    "model": workdir, "classifier": args.classifier if method != "cfg" else "",
                    **scorer.score(samples), **label_metrics(net, samples, labels)}

@@ -422,10 +422,10 @@ class ContinuousDiffusion:
         choice.check(None)
 
     def num_steps(self, choice: Any) -> int:
-        return choice.num_steps(None)
+        return choice.num_steps()
 
     def nfe(self, choice: Any) -> int:
-        return choice.nfe(None)
+        return choice.nfe()
 
     def make_draw(self, choice: Any, network: Network, guidance: Any, options) -> Draw:
         """A solver on this model's process; a drawn x_T is scaled to the prior at the grid's start."""

@@ -162,11 +162,11 @@ class DiscreteDiffusion:
 
     def num_steps(self, choice: Any) -> int:
         if choice.solver:
-            return choice.num_steps(None)
+            return choice.num_steps()
         return respace(self.schedule, choice.steps)[0].num_timesteps
 
     def nfe(self, choice: Any) -> int:
-        return choice.nfe(self.schedule) if choice.solver else self.num_steps(choice)
+        return choice.nfe() if choice.solver else self.num_steps(choice)
 
     def make_draw(self, choice: Any, network: Network, guidance: Any, options: Mapping[str, float]) -> Draw:
         """A solver on the continuous view, or the chain respaced by ``choice.steps``."""

@@ -319,12 +319,12 @@ def plot_quality_vs_steps(runs: Sequence[RunRecord], path: str) -> bool:
     by_metric: dict[str, list[tuple[str, list[int], list[float]]]] = {}
     for run in runs:
         lines: dict[tuple[str, str], list[tuple[int, float]]] = {}
-        for metric, family, nfe, _, value in _quality_points(run):
-            lines.setdefault((metric, family), []).append((nfe, value))
-        families = {family for _, family in lines}
-        for (metric, family), points in sorted(lines.items()):
+        for metric, sampler, nfe, _, value in _quality_points(run):
+            lines.setdefault((metric, sampler), []).append((nfe, value))
+        samplers = {sampler for _, sampler in lines}
+        for (metric, sampler), points in sorted(lines.items()):
             nfes, values = zip(*sorted(points))
-            label = run.name if len(families) == 1 and len(runs) > 1 else f"{run.name}: {family}"
+            label = run.name if len(samplers) == 1 and len(runs) > 1 else f"{run.name}: {sampler}"
             by_metric.setdefault(metric, []).append((label, list(nfes), list(values)))
     if not by_metric:
         return False

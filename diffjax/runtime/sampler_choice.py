@@ -15,9 +15,8 @@ import jax
 
 from diffjax.diffusion import solvers, time_grids
 from diffjax.diffusion.families.gaussian import solver_grid as gaussian_solver_grid
-from diffjax.diffusion.naive import NaiveDiffusion
 from diffjax.diffusion.processes import NoiseProcess, discrete_process
-from diffjax.diffusion.schedules import Schedule, respace
+from diffjax.diffusion.schedules import Schedule
 
 __all__ = ["GRID_NAMES", "SamplerChoice", "accepted_options", "solver_grid"]
 
@@ -130,23 +129,22 @@ class SamplerChoice:
         """"dpmpp_2m:10:uniform_log_snr" or the chain's respacing ("ddim50", "100", "full")."""
         return f"{self.solver}:{self.steps}:{self.grid}" if self.solver else (self.steps or "full")
 
-    def num_steps(self, model) -> int:
-        """Steps taken: K for a solver, the respaced chain's length for a discrete model (its
-        ``Schedule`` or its ``Diffusion``), the levels visited for naive diffusion."""
-        if self.solver:
-            return int(self.steps)
-        if isinstance(model, NaiveDiffusion):
-            return int(self.steps) if self.steps else model.num_levels
-        schedule = model if isinstance(model, Schedule) else model.schedule
-        return respace(schedule, self.steps)[0].num_timesteps
+    def num_steps(self) -> int:
+        """A solver's steps K (the chain's and naive diffusion's are their family's ``num_steps``)."""
+        self._require_solver()
+        return int(self.steps)
 
-    def nfe(self, model) -> int:
-        """Network evaluations per sample (a guided model's two passes count once, as in the
-        papers): K x the solver's NFE per step + 1 (the final denoising to x_0), or the
-        chain's length."""
-        if not self.solver:
-            return self.num_steps(model)
+    def nfe(self) -> int:
+        """A solver's network evaluations per sample (a guided model's two passes count once, as
+        in the papers): K x its NFE per step + 1 (the final denoising to x_0). ``check`` refuses a
+        discrete grid whose steps would coincide, so K is the grid's step count. (The chain's and
+        naive diffusion's are their family's ``nfe``.)"""
+        self._require_solver()
         return solvers.SOLVERS[self.solver].nfe_per_step * int(self.steps) + 1
+
+    def _require_solver(self) -> None:
+        if not self.solver:
+            raise ValueError(f"{self.label!r} is not a solver choice: the model family counts its steps")
 
     def settings(self) -> dict[str, Any]:
         """The settings that made the samples, for the records next to them."""
