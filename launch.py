@@ -119,10 +119,11 @@ def _run():
         # step of every save.
         logging.set_verbosity(logging.WARNING)
     config = FLAGS.config
-    validate(config)  # the one validation of a run's config
     # XLA reads its flags when JAX starts its first backend, which nothing imported above
     # does: set XLA:CPU's fusions and XLA:GPU's flags now, before any array exists (each
-    # backend reads only its own).
+    # backend reads only its own; each checks its own key). validate() builds the model
+    # family (its tables are arrays), so it comes after them and after the distributed
+    # start, which must also precede any computation.
     use_cpu_fusions(config.runtime.xla_cpu_ynn_fusions)
     use_gpu_flags(config.runtime.xla_gpu_flags)
     if FLAGS.compilation_cache:
@@ -130,6 +131,7 @@ def _run():
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     mesh.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                                 force=FLAGS.distributed)
+    validate(config)  # the one validation of a run's config
     # JAX's backend is known from here on (asking starts it): refuse what it cannot run
     # (cuDNN attention off a GPU) before any model is built or compiled.
     validate_backend(config, jax.default_backend())

@@ -1,6 +1,7 @@
 """Test session setup: XLA:CPU's fusions as the digits experiments set them (none: the
-tests' models are small), before JAX starts a backend; one persistent compilation cache for
-the session's child processes; and the slow end-to-end tests first.
+tests' models are small), before JAX starts a backend (in the tests' own processes: their
+children start from the user's XLA_FLAGS); one persistent compilation cache for the session's
+child processes; and the slow end-to-end tests first.
 
 The cache (``tests.support.subprocesses``): a fresh temporary folder made by the session's
 first process (the xdist controller, or the only process), named in
@@ -23,8 +24,9 @@ import tempfile
 import pytest
 
 from diffjax.runtime.xla_cpu import use_cpu_fusions
-from tests.support.subprocesses import CACHE_ENV
+from tests.support.subprocesses import CACHE_ENV, USER_XLA_FLAGS_ENV
 
+os.environ.setdefault(USER_XLA_FLAGS_ENV, os.environ.get("XLA_FLAGS", ""))  # for the child processes
 use_cpu_fusions("")
 
 _OWNED = pytest.StashKey[str]()  # the cache folder this process made (and deletes)

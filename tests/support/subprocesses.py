@@ -18,6 +18,10 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CACHE_ENV = "DIFFJAX_TEST_COMPILATION_CACHE"
+USER_XLA_FLAGS_ENV = "DIFFJAX_TEST_USER_XLA_FLAGS"
+"""XLA_FLAGS as the session found them: tests/conftest.py sets XLA:CPU's fusions in the tests'
+own process, and a child should start from the user's environment, not from that (a launch.py
+that touched JAX before setting its own flags passed in the tests and failed outside them)."""
 
 
 def compilation_cache_env() -> dict[str, str]:
@@ -30,9 +34,13 @@ def compilation_cache_env() -> dict[str, str]:
 
 
 def subprocess_env(env: dict[str, str] | None = None) -> dict[str, str]:
-    """``os.environ`` for a child Python: the session's compilation cache, the repo first on
-    PYTHONPATH, then ``env`` (which wins over both)."""
+    """``os.environ`` for a child Python: XLA_FLAGS as the user set them, the session's
+    compilation cache, the repo first on PYTHONPATH, then ``env`` (which wins over all)."""
     full = dict(os.environ, **compilation_cache_env())
+    if USER_XLA_FLAGS_ENV in full:
+        full["XLA_FLAGS"] = full.pop(USER_XLA_FLAGS_ENV)
+        if not full["XLA_FLAGS"]:
+            del full["XLA_FLAGS"]
     full.update(env or {})
     full["PYTHONPATH"] = REPO + os.pathsep + full.get("PYTHONPATH", "")
     return full
