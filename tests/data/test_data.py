@@ -139,6 +139,7 @@ def test_train_batches_shapes_dtypes_range(data_dir, in_memory):
 
 
 @pytest.mark.parametrize("in_memory", [True, False])
+@pytest.mark.slow
 def test_train_batches_depend_only_on_seed(data_dir, in_memory):
     first = _take(_train(data_dir, seed=3, in_memory=in_memory, random_flip=True), 3)
     again = _take(_train(data_dir, seed=3, in_memory=in_memory, random_flip=True), 3)

@@ -250,6 +250,7 @@ def test_classifier_gradient_of_the_network_is_its_finite_difference(tiny_guided
 
 
 @pytest.mark.parametrize("entry", ["ddim4", "dpmpp_2m:3"])
+@pytest.mark.slow
 def test_compiled_sampler_with_classifier_guidance(tiny_guided, entry):
     """Scale 0 (per call) is the unguided sampler exactly, a nonzero scale moves the samples, one
     compilation serves every scale; an unconditional model takes the classifier's labels."""

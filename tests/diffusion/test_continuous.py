@@ -161,6 +161,7 @@ def test_configuration_errors_are_named():
 
 
 @pytest.mark.parametrize("schedule", ["fixed_linear", "learned_linear"])
+@pytest.mark.slow
 def test_vdm_bound_is_vdm_loss(schedule):
     """The trainer's VDM objective is ``vdm.vdm_loss`` (checked against float64 in test_vdm.py),
     with the network conditioned on gamma_t, given the same draws."""
@@ -186,6 +187,7 @@ def test_vdm_bound_is_vdm_loss(schedule):
     np.testing.assert_allclose(np.asarray(got["loss"]), np.asarray(expected["total"]), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_gamma_process_inverse_and_coefficients():
     module = MonotoneSchedule(hidden=16, gamma_0=-12.0, gamma_1=6.0)
     params = module.init(jax.random.PRNGKey(7), jnp.zeros(1))["params"]
@@ -209,6 +211,7 @@ def _monotone_diffusion(learn_endpoints: bool, variance_gradient: bool = True):
     return diffusion, params
 
 
+@pytest.mark.slow
 def test_variance_gradient_through_the_trainers_loss():
     """The shape parameters get d mean(L^2) (VDM section 5.2), the network d mean(L). In float64:
     the two are the same sum in another order, so float32 would leave ~1e-4 roundoff between them
@@ -235,6 +238,7 @@ def test_variance_gradient_through_the_trainers_loss():
 
 
 @pytest.mark.parametrize("learn_endpoints", [False, True])
+@pytest.mark.slow
 def test_schedule_stays_monotone_with_its_ends_through_training(learn_endpoints):
     diffusion, params = _monotone_diffusion(learn_endpoints)
     x0 = (2.0 * jax.random.randint(jax.random.PRNGKey(11), (B, D), 0, 256) / 255.0 - 1.0).astype(jnp.float32)
@@ -271,6 +275,7 @@ FAMILIES = {
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
+@pytest.mark.slow
 def test_train_step_and_sampler_of_every_family(name):
     config = toy_config().copy_and_resolve_references()
     set_family(config, **FAMILIES[name])

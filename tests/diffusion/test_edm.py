@@ -283,6 +283,7 @@ def test_iddpm_training_sigma_are_its_table_uniformly():
 
 
 @pytest.mark.parametrize("kind", ["vp", "ve", "edm"])
+@pytest.mark.slow
 def test_log_snr_densities(kind):
     """p(lambda) of lambda = -2 ln sigma integrates to 1 (trapezoid on 100_001 points; the
     VE density is flat, so its ends are cut exactly at the support), and, for VP, equals
@@ -314,6 +315,7 @@ def test_log_snr_densities(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.slow
 def test_precondition_shapes_jit_vmap(kind):
     """float32 [4, 8, 8, 3] with sigma [4]; under jit; vmap over examples equals the batch
     call; a scalar sigma broadcasts; extra arguments reach the raw network."""

@@ -79,6 +79,7 @@ def analytic_bound_bits_per_dim(betas: np.ndarray, x0: np.ndarray) -> dict[str, 
 
 
 @pytest.mark.parametrize("schedule_name", ["linear", "cosine"])
+@pytest.mark.slow
 def test_bound_of_exact_gaussian_denoiser_matches_analytic_value(schedule_name):
     timesteps = 1000
     schedule = named_schedule(schedule_name, timesteps)

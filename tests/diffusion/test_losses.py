@@ -269,6 +269,7 @@ def test_simple_objective_targets(schedule, mean_type):
 
 
 @pytest.mark.parametrize("rescale", [True, False])
+@pytest.mark.slow
 def test_hybrid_objective(schedule, rescale):
     spec = DiffusionSpec("eps", "learned_range")
     output, x0, x_t, t, noise = make_batch(schedule, spec)

@@ -136,6 +136,7 @@ def test_ddim_step_coefficients_match_float64(schedule_name, eta):
     np.testing.assert_allclose(step(zeros, ones)[:, 0], sigma, rtol=2e-6)
 
 
+@pytest.mark.slow
 def test_ddim_is_deterministic_and_keys_reproduce(exact, schedule):
     respaced, _ = schedules.respace(schedule, "ddim20")
     a = run(exact, respaced, "ddim", key=0)
@@ -226,6 +227,7 @@ def grid_data(n, key=0):
     return jnp.asarray(np.clip(np.round((x + 1) * 127.5), 0, 255) / 127.5 - 1, jnp.float32)
 
 
+@pytest.mark.slow
 def test_bpd_exact_denoiser_beats_a_wrong_one(schedule, exact):
     small = schedules.respace(schedule, "100")[0]  # a 100-step chain keeps the test fast
     x0 = grid_data(64)
@@ -242,6 +244,7 @@ def test_bpd_exact_denoiser_beats_a_wrong_one(schedule, exact):
     assert float(good["total"].mean()) + 0.5 < float(bad["total"].mean())
 
 
+@pytest.mark.slow
 def test_bpd_is_the_same_in_one_batch_or_several(schedule, exact):
     small = schedules.respace(schedule, "ddim50")[0]
     x0 = grid_data(12, key=1)

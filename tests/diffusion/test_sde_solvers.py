@@ -30,6 +30,7 @@ def run(name, process, denoise_x0, x_T, grid, key, parameters, static=(), denois
 
 
 @pytest.mark.parametrize("var_type, variance", [("fixed_small", "small"), ("fixed_large", "large")])
+@pytest.mark.slow
 def test_ddpm_matches_discrete_sampler_step_by_step(var_type, variance):
     """On ``discrete_process(schedule)`` over ``discrete_grid(T, K)`` the solver's K steps are
     ``samplers.ddpm_step`` on the chain respaced to the grid's K + 1 steps, from its last index
@@ -72,6 +73,7 @@ def test_ddpm_matches_discrete_sampler_step_by_step(var_type, variance):
 
 
 @pytest.mark.parametrize("variance", ["small", "large"])
+@pytest.mark.slow
 def test_ddpm_step_onto_zero_noise_is_the_data_prediction(variance):
     """A continuous grid ending at t = 0 (VP-linear: sigma = 0): the last step lands on the
     posterior mean alpha_0 D = D and adds no noise, with either variance."""
@@ -173,6 +175,7 @@ def test_trajectory_matches_numpy_rederivation(name, parameters, process_name, g
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * scale, err_msg=f"step {i}")
 
 
+@pytest.mark.slow
 def test_pc_corrector_runs_before_the_predictor_with_its_nfe():
     """corrector_steps = M traces the denoiser M + 1 times per step (NFE 1 + M), all at t_cur;
     with M = 0 and a grid step the PC step is the reverse-diffusion predictor alone, and the

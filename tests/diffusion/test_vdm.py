@@ -351,6 +351,7 @@ def random_params(params, key, scale=2.0):
 
 
 @pytest.mark.parametrize("learn_endpoints", [False, True])
+@pytest.mark.slow
 def test_monotone_schedule_is_increasing_with_exact_ends(learn_endpoints):
     schedule = MonotoneSchedule(hidden=1024, learn_endpoints=learn_endpoints)
     t = jnp.linspace(0.0, 1.0, 10001)
@@ -385,6 +386,7 @@ def test_monotone_schedule_is_increasing_with_exact_ends(learn_endpoints):
 
 
 @pytest.mark.parametrize("learn_endpoints", [False, True])
+@pytest.mark.slow
 def test_monotone_schedule_ends_stay_exact_after_training(learn_endpoints):
     """Five Adam steps pulling gamma towards a curved target (and the ends towards other values):
     the interior moves, the ends stay exactly at gamma_0, gamma_1 (fixed or the learned values)."""
@@ -437,6 +439,7 @@ def test_linear_schedules():
     assert out[0] == np.float32(-13.3) and out[2] == np.float32(5.0)
 
 
+@pytest.mark.slow
 def test_variance_gradient():
     """Shape parameters get d mean(L^2), the denoiser and the learned ends d mean(L)."""
     schedule = MonotoneSchedule(hidden=8, learn_endpoints=True)

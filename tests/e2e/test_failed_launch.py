@@ -17,6 +17,8 @@ from diffjax.train import NonFiniteLossError, train_and_evaluate
 from tests.support.subprocesses import run_python
 from tests.support.train_utils import toy_config, toy_recipe
 
+pytestmark = pytest.mark.slow  # child processes (or a trained module fixture): not in the fast tier
+
 
 def snapshot(workdir: str) -> dict[str, bytes | None]:
     """Every file under ``workdir`` with its bytes (checkpoint data by size and name only)."""

@@ -20,6 +20,8 @@ from diffjax.run.experiments import build_recipe
 from tests.support.subprocesses import run_python
 from tests.support.train_utils import load_experiment
 
+pytestmark = pytest.mark.slow  # child processes (or a trained module fixture): not in the fast tier
+
 
 def _launch(*args, timeout=240):
     return run_python(["launch.py", *args], timeout=timeout)

@@ -156,6 +156,7 @@ def test_exact_bound_of_the_gaussian_model_and_its_gap_to_the_discrete_nll():
     assert 0.75 < expected_gap < 0.85
 
 
+@pytest.mark.slow
 def test_bound_of_the_exact_gaussian_denoiser_is_above_the_discrete_nll_by_the_derived_gap(gaussian_data):
     """VP processes (VDM's linear gamma and a monotone-network gamma with the same ends: the bound
     does not depend on the schedule between them): the Monte-Carlo bound per example matches the
@@ -184,6 +185,7 @@ def test_bound_of_the_exact_gaussian_denoiser_is_above_the_discrete_nll_by_the_d
         assert np.mean(bound["total"]) > np.mean(nll) + gap - 4 * stderr
 
 
+@pytest.mark.slow
 def test_ve_bound_equals_the_bound_of_the_equivalent_vp_process(gaussian_data):
     """EDM's process (alpha = 1, sigma from 0.002 to 80) with the Gaussian denoiser in VE
     coordinates is VDM's linear gamma from 2 ln 0.002 to 2 ln 80 in VP coordinates: the same
@@ -295,6 +297,7 @@ def test_model_view_reads_both_families_at_scalar_and_per_example_times(vdm_mode
 # ---------------------------------------------------------------------------------- evaluate
 
 
+@pytest.mark.slow
 def test_evaluate_reports_the_bounds_of_a_continuous_model(tmp_path):
     """A continuous (vdm) toy run: eval/elbo.json and eval/ode_nll.json, no T-step nll.json, sample
     quality without a chain's T; the comparison table gets the continuous bound's column."""
@@ -330,6 +333,7 @@ def test_evaluate_reports_the_bounds_of_a_continuous_model(tmp_path):
     assert "NLL, PF-ODE (bits/dim)" in report
 
 
+@pytest.mark.slow
 def test_t_step_bound_of_a_vdm_model_is_vdm_discrete_loss(vdm_model):
     """``num_steps = T``: the evaluator's diffusion term is ``vdm.vdm_loss(num_steps=T)`` with the
     evaluator's own draws (the low-discrepancy s of each example discretised to i/T), and its

@@ -126,6 +126,7 @@ def batches_of(data, batch_size, garbage=0.0):
     return batches
 
 
+@pytest.mark.slow
 def test_nll_does_not_depend_on_batching_or_padding_and_is_the_mean_bound(toy_setup):
     _, recipe, state, data, evaluator = toy_setup
     whole = evaluator(state.ema_params, batches_of(data, 10), seed=3)
@@ -172,6 +173,7 @@ def digits_net(tmp_path_factory):
     return df.load_digits_classifier(str(tmp_path_factory.mktemp("feature_cache")))
 
 
+@pytest.mark.slow
 def test_digits_classifier_is_accurate_and_cached(digits_net):
     images, labels = df.digits_arrays("test")
     assert images.shape == (297, 8, 8, 1) and images.min() >= -1 and images.max() <= 1
@@ -202,6 +204,7 @@ def test_fd_digits_is_small_between_splits_and_large_for_noise(digits_net):
 # ---------------------------------------------------------------------------- evaluate
 
 
+@pytest.mark.slow
 def test_evaluate_restores_and_writes_eval_files_that_compare_reads(toy_setup, tmp_path):
     config, recipe, state, data, _ = toy_setup
     workdir = workdir_with_checkpoint(str(tmp_path / "run"), config, state)
@@ -229,6 +232,7 @@ def test_evaluate_restores_and_writes_eval_files_that_compare_reads(toy_setup, t
     assert os.path.exists(tmp_path / "report_nll_per_t.png")
 
 
+@pytest.mark.slow
 def test_generate_writes_reproducible_samples_of_a_checkpoint(toy_setup, tmp_path):
     config, recipe, state, _, _ = toy_setup
     workdir = str(tmp_path / "run")

@@ -206,6 +206,7 @@ def test_resize_matches_tensorflow():
     np.testing.assert_allclose(ours, theirs, atol=1e-5)  # float32 interpolation weights
 
 
+@pytest.mark.slow
 def test_features_and_distance_match_independent_implementation(expected_shapes):
     state = random_state_dict(expected_shapes, seed=3)
     params = inc.params_from_state_dict(state)

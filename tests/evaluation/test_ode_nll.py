@@ -20,6 +20,8 @@ from diffjax.train.optim import make_optimizer
 from tests.evaluation.test_evaluation import batches_of
 from tests.support.train_utils import tiny_image_setup, toy_config, workdir_with_checkpoint
 
+pytestmark = pytest.mark.slow  # child processes (or a trained module fixture): not in the fast tier
+
 TOLERANCE = 1e-3
 
 

@@ -170,6 +170,7 @@ def test_bad_configurations_raise():
 # ----------------------------------------------------------------- forward properties
 
 
+@pytest.mark.slow
 def test_output_is_zero_at_init(tiny, tiny_eval_fn):
     _, params, _ = tiny
     assert not np.any(np.asarray(params["conv_out"]["kernel"]))
@@ -177,6 +178,7 @@ def test_output_is_zero_at_init(tiny, tiny_eval_fn):
     np.testing.assert_array_equal(tiny_eval_fn(params, x, t), 0.0)
 
 
+@pytest.mark.slow
 def test_jit_matches_eager(tiny, tiny_eval_fn):
     net, _, perturbed = tiny
     x, t = _inputs(3)
@@ -204,6 +206,7 @@ def test_dropout_off_is_deterministic_and_on_depends_on_key(tiny, tiny_eval_fn):
         models.make_denoise_fn(net, num_timesteps=T, train=True)
 
 
+@pytest.mark.slow
 def test_bf16_compute_close_to_float32(tiny, tiny_eval_fn):
     _, _, perturbed = tiny
     x, t = _inputs(5)

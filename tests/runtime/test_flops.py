@@ -114,6 +114,7 @@ def test_train_step_equals_xla_lowered_cost_analysis(tiny_step):
     assert trips.matmul == count.matmul and trips.total > count.total  # threefry's rolled rounds
 
 
+@pytest.mark.slow
 def test_forward_backward_against_xla_compiled_cost_analysis(tiny_step):
     """Compiled: the digits UNet's loss gradient (no RNG loops).
 

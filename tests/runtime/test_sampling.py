@@ -109,6 +109,7 @@ def test_config_checks_the_eval_entries(toy):
     validate(config)
 
 
+@pytest.mark.slow
 def test_interpolation_grid_decodes_slerps_of_two_latents(tmp_path):
     """--mode=sample's interpolation: each row decodes slerp(x_a, x_b, f) at the fractions; its
     ends are the samples of x_a and x_b themselves (a tiny, untrained digits UNet)."""

@@ -67,6 +67,7 @@ def probe(fusions):
 
 
 @pytest.mark.parametrize("fusions", ["dot,reduce", ""])
+@pytest.mark.slow
 def test_chosen_fusions_keep_convolutions_out_of_ynnpack_with_the_same_gradients(fusions):
     chosen = probe(fusions)
     ynn_convs = probe("individual_dot,individual_convolution,reduce")

@@ -75,6 +75,7 @@ def _final_params(workdir, config, recipe):
     return int(state.step), flat_params(state.params), flat_params(state.ema_params)
 
 
+@pytest.mark.slow
 def test_loop_outputs_and_in_process_resume_is_exact(tmp_path):
     straight_config = toy_config(num_steps=6, checkpoint_every=2, log_every=2, sample_every=6)
     recipe = toy_recipe(straight_config)
@@ -95,6 +96,7 @@ def test_loop_outputs_and_in_process_resume_is_exact(tmp_path):
     np.testing.assert_array_equal(ema_a, ema_b)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_the_run_with_the_last_good_checkpoint(tmp_path):
     config = toy_config(num_steps=8, checkpoint_every=2, log_every=2, sample_every=8)
     recipe = toy_recipe(config)
@@ -114,6 +116,7 @@ def test_nan_loss_stops_the_run_with_the_last_good_checkpoint(tmp_path):
     assert step == 4 and np.isfinite(params).all()
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_shape_is_refused(tmp_path):
     config = toy_config(num_steps=2, checkpoint_every=2, log_every=2, sample_every=2)
     workdir = str(tmp_path / "run")
@@ -134,6 +137,7 @@ def load_other_width_config():
     return config
 
 
+@pytest.mark.slow
 def test_unfinished_save_is_ignored_on_restart(tmp_path):
     config = toy_config(num_steps=2, checkpoint_every=2, log_every=2, sample_every=2)
     recipe = toy_recipe(config)
