@@ -1,0 +1,83 @@
+"""Record the golden values of every model family (``tests/golden/cases.py``) and the old-workdir
+fixtures, from the code on the path:
+
+    PYTHONPATH=$PWD python -m tests.golden.record               # families.json and old_workdir/
+    PYTHONPATH=$PWD python -m tests.golden.record --out x.json  # only the json, elsewhere (to compare)
+
+It trains each run of ``cases.RUNS`` (4 steps, tiny networks) in a temporary folder, with XLA:CPU's
+fusions set as the tests set them (``tests/conftest.py``), measures it, and writes the json. With the
+default ``--out`` it also replaces ``old_workdir/<name>/`` by the ``config.json`` and checkpoints of
+the runs ``cases.OLD_WORKDIRS`` names, and records what the test restores from them.
+"""
+
+from diffjax.runtime.xla_cpu import use_cpu_fusions
+
+use_cpu_fusions("")  # as tests/conftest.py, before JAX starts a backend
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+from tests.golden.cases import GOLDEN_DIR, GOLDEN_FILE, OLD_WORKDIRS, RUNS, Runs, old_workdir_record  # noqa: E402
+
+OLD_WORKDIR_DIR = os.path.join(GOLDEN_DIR, "old_workdir")
+
+
+def source_commit() -> str:
+    """The commit of the code being recorded (and whether its tree had changes)."""
+    repo = os.path.dirname(os.path.dirname(GOLDEN_DIR))
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "diffjax", "experiments"],
+                           cwd=repo, capture_output=True, text=True).stdout.strip()
+    return commit + (" (with uncommitted changes)" if dirty else "")
+
+
+def write_old_workdir(kind: str, workdir: str) -> str:
+    """``old_workdir/<kind>``: the run's ``config.json`` and ``checkpoints/``, nothing else."""
+    target = os.path.join(OLD_WORKDIR_DIR, kind)
+    shutil.rmtree(target, ignore_errors=True)
+    os.makedirs(target)
+    shutil.copy(os.path.join(workdir, "config.json"), target)
+    shutil.copytree(os.path.join(workdir, "checkpoints"), os.path.join(target, "checkpoints"))
+    return target
+
+
+def record(root: str, fixtures: bool) -> dict:
+    runs = Runs(root)
+    golden = {"recorded_from": source_commit(), "runs": {}, "old_workdir": {}}
+    for name in RUNS:
+        started = time.perf_counter()
+        golden["runs"][name] = runs.record(name)
+        print(f"{name}: {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+    for kind, name in OLD_WORKDIRS.items():
+        workdir = runs.trained(name)[2]
+        if fixtures:
+            workdir = write_old_workdir(kind, workdir)
+        copy = shutil.copytree(workdir, os.path.join(root, f"old_workdir_{kind}"))
+        fixture = old_workdir_record(copy, name, runs.mesh)
+        if fixture["state"] != golden["runs"][name]["state"]:
+            raise AssertionError(f"old_workdir/{kind} does not restore to run {name}'s state")
+        golden["old_workdir"][kind] = fixture
+    return golden
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=GOLDEN_FILE, help="the json to write (default: families.json)")
+    args = parser.parse_args()
+    fixtures = os.path.abspath(args.out) == GOLDEN_FILE
+    with tempfile.TemporaryDirectory() as root:
+        golden = record(root, fixtures)
+    with open(args.out, "w") as f:
+        json.dump(golden, f, indent=1, sort_keys=True)
+        f.write("\n")
+    print(f"wrote {args.out}" + (f" and {OLD_WORKDIR_DIR}" if fixtures else ""), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""Every model family computes bit for bit what the code computed when ``families.json`` was recorded
+(``python -m tests.golden.record``; the runs and what is measured: ``tests/golden/cases.py``).
+
+Per run (an experiment variant, tiny network, 4 steps): the training metrics of every step and every
+leaf of the trained state, the sample picture of training's last step, one draw per sampler path of
+its family, and the numbers of every bound (or the classifier's accuracy, or the sample quality). And
+the ``old_workdir/`` fixtures, written by the code of the recording: their ``config.json`` restores
+with today's code, to the same state, drawing the same samples.
+
+By default the test checks every run's training and the fixtures, and the draws and evaluations marked
+``core`` in ``cases.RUNS`` (about one per family path; the CI budget); ``DIFFJAX_GOLDEN=all`` checks
+every recorded draw and evaluation (the refactor's full check: several minutes on 2 cores).
+
+Bitwise: sha256 of the arrays' bytes, floats compared as ``float.hex``. A mismatch lists what differs
+(a leaf's or a draw's dtype, shape and float summary on both sides; a number's two values and their
+difference).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from tests.golden.cases import GOLDEN_DIR, GOLDEN_FILE, OLD_WORKDIRS, RUNS, Runs, old_workdir_record, state_records
+
+pytestmark = pytest.mark.slow
+
+_SHOWN = 30  # differences listed per failure
+FULL = os.environ.get("DIFFJAX_GOLDEN", "") == "all"
+
+
+def _chosen(items) -> list[str]:
+    """The labels of the draws or evaluations checked: all of them (``DIFFJAX_GOLDEN=all``) or the core ones."""
+    return [label for label, item in items.items() if FULL or item.core]
+
+
+@pytest.fixture(scope="module")
+def golden() -> dict:
+    with open(GOLDEN_FILE) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Runs:
+    """The runs, each trained once on first use, shared by the module's tests."""
+    return Runs(str(tmp_path_factory.mktemp("golden_runs")))
+
+
+def _is_array_record(value) -> bool:
+    return isinstance(value, dict) and "sha256" in value
+
+
+def _number(value):
+    """A ``float.hex`` string as its float, else None."""
+    if isinstance(value, str) and ("0x" in value or value in ("inf", "-inf", "nan")):
+        try:
+            return float.fromhex(value)
+        except ValueError:
+            return None
+    return None
+
+
+def differences(expected, actual, path: str = "") -> list[str]:
+    """What differs between a golden value and today's, one line each, named by its path."""
+    if _is_array_record(expected) and _is_array_record(actual):
+        keys = ("sha256", "dtype", "shape")
+        if all(expected[k] == actual[k] for k in keys):
+            return []
+        return [f"{path}: golden {expected['dtype']}{expected['shape']} {expected['summary']}, "
+                f"now {actual['dtype']}{actual['shape']} {actual['summary']}"]
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        lines = [f"{path}/{k}: missing now" for k in expected if k not in actual]
+        lines += [f"{path}/{k}: new (not in the golden)" for k in actual if k not in expected]
+        for k in expected:
+            if k in actual:
+                lines += differences(expected[k], actual[k], f"{path}/{k}")
+        return lines
+    if isinstance(expected, list) and isinstance(actual, list) and len(expected) == len(actual):
+        return [line for i, (e, a) in enumerate(zip(expected, actual)) for line in differences(e, a, f"{path}[{i}]")]
+    if expected == actual:
+        return []
+    e, a = _number(expected), _number(actual)
+    if e is not None and a is not None:
+        return [f"{path}: golden {e!r}, now {a!r} (now - golden = {a - e:.3g})"]
+    return [f"{path}: golden {expected!r}, now {actual!r}"]
+
+
+def assert_same(expected, actual, what: str) -> None:
+    lines = differences(expected, actual)
+    if lines:
+        shown = "\n".join(lines[:_SHOWN]) + (f"\n... and {len(lines) - _SHOWN} more" if len(lines) > _SHOWN else "")
+        pytest.fail(f"{what}: {len(lines)} differences from families.json\n{shown}", pytrace=False)
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_training_is_bitwise_the_golden(runs, golden, name):
+    """Every metric of every step, every leaf of the trained state, training's last sample picture."""
+    expected = golden["runs"][name]
+    assert_same(expected["metrics"], runs.metrics(name), f"{name}: metrics.jsonl")
+    assert_same(expected["state"], state_records(runs.state(name)), f"{name}: the trained TrainState")
+    assert_same(expected["training_picture"], runs.training_picture(name), f"{name}: the picture of training's last step")
+
+
+@pytest.mark.parametrize("name", [name for name, run in RUNS.items() if _chosen(run.draws)])
+def test_draws_are_bitwise_the_golden(runs, golden, name):
+    """One draw of the EMA params per sampler path of the family."""
+    labels = _chosen(RUNS[name].draws)
+    expected = {label: golden["runs"][name]["draws"][label] for label in labels}
+    assert_same(expected, runs.draws(name, labels), f"{name}: draws")
+
+
+@pytest.mark.parametrize("name", [name for name, run in RUNS.items() if _chosen(run.evals)])
+def test_evaluation_is_bitwise_the_golden(runs, golden, name):
+    """Every number of the bounds, the classifier's accuracy, the sample quality."""
+    labels = _chosen(RUNS[name].evals)
+    expected = {label: golden["runs"][name]["eval"][label] for label in labels}
+    assert_same(expected, runs.evaluation(name, labels), f"{name}: evaluate's records")
+
+
+@pytest.mark.parametrize("kind", list(OLD_WORKDIRS))
+def test_old_workdir_restores_to_the_golden(runs, golden, kind, tmp_path):
+    """A workdir written by the code of the recording: today's code reads its config.json, restores
+    its checkpoint to the same leaves and draws the same samples from it."""
+    workdir = shutil.copytree(f"{GOLDEN_DIR}/old_workdir/{kind}", tmp_path / kind)
+    expected = golden["old_workdir"][kind]
+    assert_same(expected, old_workdir_record(str(workdir), expected["run"], runs.mesh), f"old_workdir/{kind}")
+
