@@ -30,11 +30,12 @@ def get_config(arg: str | None = None):
 
 def set_smoke(config) -> None:
     """The smoke variant of a paper-scale experiment (tests/e2e/): its recipe (diffusion,
-    objective, optimiser, the network's blocks) at tiny width (8 channels) on the 8x8 digits,
-    which are built offline (the paper's data sets must be prepared first), with the digits
-    experiments' smoke budget. 8x8 images have room for three levels (8, 4, 2): the first
-    three channel multipliers are kept, and attention moves to the 4x4 level."""
+    objective, optimiser, the network's kind of blocks) at tiny size (8 channels, one residual
+    block per level: compiling it is most of a smoke run's time) on the 8x8 digits, which are
+    built offline (the paper's data sets must be prepared first), with the digits experiments'
+    smoke budget. 8x8 images have room for three levels (8, 4, 2): the first three channel
+    multipliers are kept, and attention moves to the 4x4 level."""
     config.data.update(name="digits", image_size=8, channels=1, random_flip=False)
     config.model.update(channels=8, norm_groups=4, channel_mult=tuple(config.model.channel_mult[:3]),
-                        attention_resolutions=(4,))
+                        num_res_blocks=1, attention_resolutions=(4,))
     load_experiment("digits_ddpm").set_smoke(config)
