@@ -150,6 +150,7 @@ def test_train_batches_depend_only_on_seed(data_dir, in_memory):
 
 
 @pytest.mark.parametrize("in_memory", [True, False])
+@pytest.mark.slow
 def test_resumed_iterator_equals_uninterrupted_run(data_dir, in_memory):
     steps = 14  # more than one epoch of 11 steps
     resume_at = 9  # the resumed run crosses the epoch boundary at step 11
@@ -177,6 +178,7 @@ def test_epochs_visit_each_example_at_most_once_and_reshuffle(data_dir, sklearn_
     assert not np.array_equal(epochs[0], epochs[1])
 
 
+@pytest.mark.slow
 def test_streaming_order_ignores_tensorflow_global_seed(data_dir):
     import tensorflow as tf
 
@@ -190,6 +192,7 @@ def test_streaming_order_ignores_tensorflow_global_seed(data_dir):
 
 
 @pytest.mark.parametrize("in_memory", [True, False])
+@pytest.mark.slow
 def test_two_hosts_get_disjoint_data(data_dir, sklearn_uint8, in_memory):
     per_host = []
     for index in (0, 1):

@@ -222,6 +222,7 @@ def tiny_guided():
     return config, recipe, state, classifier
 
 
+@pytest.mark.slow
 def test_classifier_gradient_of_the_network_is_its_finite_difference(tiny_guided):
     """The gradient the compiled samplers use, of the real classifier network on the chain's
     continuous view: its directional derivative along random directions = a central

@@ -31,6 +31,7 @@ def batch(key, shape=(6, 4, 4, 3)):
     return x0, noise, t
 
 
+@pytest.mark.slow
 def test_q_sample_and_moments(schedule, alpha_bar64):
     x0, noise, t = batch(jax.random.PRNGKey(0))
     x_t = jax.jit(gaussian.q_sample)(schedule, x0, t, noise)

@@ -212,6 +212,7 @@ def far_decoder_batch(spec, betas, sigmas_inside=70.0):
 
 @pytest.mark.parametrize("mean_type", parameterization.MEAN_TYPES)
 @pytest.mark.parametrize("var_type", parameterization.VAR_TYPES)
+@pytest.mark.slow
 def test_decoder_term_far_from_edge_pixels_is_floored(schedule, mean_type, var_type):
     """L_0 with decoder means 70 sigma inside +-1 pixels: every pixel at the papers' floor,
     -log 1e-12 nats, and no gradient (zero, not NaN) through the floor."""

@@ -55,6 +55,7 @@ def test_fraction_replaced_nesting_and_end_levels():
     assert float(u.min()) >= 0.0 and float(u.max()) < 1.0 and float(noise.min()) >= -1.0 and float(noise.max()) < 1.0
 
 
+@pytest.mark.slow
 def test_oracle_minimises_the_loss_and_matches_its_closed_form():
     K, B = 10, 20000
     x0 = jnp.broadcast_to(X_STAR, (B,) + X_STAR.shape[1:])

@@ -89,6 +89,7 @@ def gaussian_latent(process, x, mu=0.3, s=0.5):
 
 
 @pytest.mark.parametrize("process_name", ["vp_linear", "edm"])
+@pytest.mark.slow
 def test_gaussian_log_density_equals_closed_form(process_name):
     """N(0.3, 0.25 I) in dimensions 1, 3 and 4 (2-D is the mixture test's: a Gaussian is its
     one-component case), exact trace, the default prior: the ODE's log p(x)
@@ -144,6 +145,7 @@ WEIGHTS = np.array([0.5, 0.3, 0.2])
 
 
 @pytest.mark.parametrize("process_name, solver", [("vp_linear", "tsit5"), ("edm", "dopri5")])
+@pytest.mark.slow
 def test_mixture_log_density_equals_marginal(process_name, solver):
     """A 2-D three-component mixture with its exact D and exact trace: the ODE's log-density at
     t_min is the mixture marginal's to 10x the tolerance, at points near each mean and between
@@ -206,6 +208,7 @@ def test_hutchinson_is_unbiased(probe):
 # ------------------------------------------------- (5) probes: unbiased in the ODE; NFE counted
 
 
+@pytest.mark.slow
 def test_log_density_is_unbiased_in_the_number_of_probes_and_nfe_is_counted():
     """64 copies of each of two points of the 2-D mixture, each copy with its own probes: the mean
     over the copies of the Hutchinson log p(x) is the exact log p(x) (the marginal's closed

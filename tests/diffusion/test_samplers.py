@@ -78,6 +78,7 @@ def test_ddpm_ancestral_1000_steps_reproduces_the_mixture(exact, schedule):
     assert np.all(small < large)
 
 
+@pytest.mark.slow
 def test_ddim_eta0_respaced_reproduces_the_mixture_and_converges(exact, schedule):
     ratios = {}
     for spacing in ["50", "ddim100", "1000"]:

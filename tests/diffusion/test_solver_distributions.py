@@ -197,6 +197,7 @@ def sample_errors(name, num_steps=None, num_samples=NUM_SAMPLES, seed=0):
 
 
 @pytest.mark.parametrize("name", list(solvers.SOLVERS))
+@pytest.mark.slow
 def test_solver_samples_the_mixture(name):
     """Weights, means and standard deviations within 4 SE + the solver's measured
     discretisation allowance (module docstring), and the mixture coordinate's Kolmogorov-Smirnov

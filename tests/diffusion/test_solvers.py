@@ -221,6 +221,7 @@ def test_trajectory_matches_numpy_rederivation(name, process_name, grid_name):
 # --------------------------------------------- DDIM against the discrete sampler
 
 
+@pytest.mark.slow
 def test_ddim_matches_discrete_sampler():
     """``samplers.sample(method="ddim", eta=0, clip_denoised=False)`` on the chain respaced to
     the K + 1 steps of ``discrete_grid(T, K)`` equals ``ddim`` on ``discrete_process(schedule)``
@@ -252,6 +253,7 @@ def test_ddim_matches_discrete_sampler():
 # ----------------------------------------------------------------- the adapter
 
 
+@pytest.mark.slow
 def test_x0_predictor_reads_every_mean_type():
     """An eps, an x_0, a v and a learned-variance eps denoiser giving the same prediction have
     the same data prediction (the discrete conversions against the continuous ones), at a
@@ -334,6 +336,7 @@ def test_heun_last_step_to_zero_noise_is_euler():
 
 
 @pytest.mark.parametrize("name", sorted(ORDERS))
+@pytest.mark.slow
 def test_samples_a_diffjax_network_with_learned_variance(name):
     """A class-conditional MLP of ``diffjax.models`` with a learned variance (2C outputs), as
     ``make_denoise_fn`` wraps it, is sampled by every solver through ``x0_predictor`` on the
@@ -397,6 +400,7 @@ def moment_errors(name, num_steps, parameters):
 
 
 @pytest.mark.parametrize("name", sorted(STOCHASTIC_CASES))
+@pytest.mark.slow
 def test_stochastic_solvers_reproduce_the_data_distribution(name):
     """EDM process, Karras grid, 20000 scalar samples: the mean and variance are within 4
     standard errors (S/sqrt(n) = 0.0035 and S^2 sqrt(2/n) = 0.0025) at K steps, and the
@@ -471,6 +475,7 @@ def test_dynamic_threshold_on_known_arrays():
     assert got[0, -1] == 1.0 and got[0, 89] < 1.0
 
 
+@pytest.mark.slow
 def test_thresholded_prediction_drives_a_solver():
     """A denoiser whose prediction saturates (4 x) gives samples in [-1, 1] with either option
     (the last step ends at D, so the sample is the thresholded prediction)."""

@@ -187,6 +187,7 @@ def test_digits_classifier_is_accurate_and_cached(digits_net):
     assert other.cache_key() != digits_net.settings.cache_key()
 
 
+@pytest.mark.slow
 def test_fd_digits_is_small_between_splits_and_large_for_noise(digits_net):
     train = {"train": digits_net.stats(df.digits_arrays("train")[0])}
     test_images, test_labels = df.digits_arrays("test")

@@ -188,6 +188,7 @@ def test_jit_matches_eager(tiny, tiny_eval_fn):
     np.testing.assert_allclose(jitted, eager, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_dropout_off_is_deterministic_and_on_depends_on_key(tiny, tiny_eval_fn):
     net, _, perturbed = tiny
     x, t = _inputs(4)

@@ -81,6 +81,7 @@ def assert_state_equal(state, step: int) -> None:
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGES))
+@pytest.mark.slow
 def test_damaged_latest_falls_back_to_previous(directory, damage, caplog):
     DAMAGES[damage](os.path.join(directory, "3"))
     files_before = listing(directory)

@@ -103,6 +103,7 @@ def tiny_step():
     return recipe, state, step.lower(state, batch)
 
 
+@pytest.mark.slow
 def test_train_step_equals_xla_lowered_cost_analysis(tiny_step):
     _, _, lowered = tiny_step
     count = lowered_flops(lowered)

@@ -46,6 +46,7 @@ def test_choice_from_settings_and_eval_entries(toy):
 
 
 @pytest.mark.parametrize("clip", [True, False])
+@pytest.mark.slow
 def test_solver_ddim_on_the_chain_grid_is_the_chain_ddim(toy, clip):
     """DDIM as first-order DPM-Solver++ over the K + 1 trained steps of the chain's respacing
     "K + 1", then the final denoising at step 0, is the chain's (K + 1)-step DDIM, with or
