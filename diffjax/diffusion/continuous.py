@@ -284,7 +284,10 @@ class ContinuousDiffusion:
 
     def predict_x0(self, network: Network, params: Any, process: NoiseProcess, x_t: jax.Array, t: jax.Array,
                    cond: Any = None) -> jax.Array:
-        """x0_hat [B, ...] of the network at x_t [B, ...] and times t [B] (params: the model's)."""
+        """x0_hat [B, ...] of the network at x_t [B, ...] and times t [B] or a scalar time (params:
+        the model's)."""
+        if jnp.ndim(t) == 0:
+            t = jnp.full(x_t.shape[:1], t, dtype=jnp.asarray(t).dtype)
         chex.assert_shape(t, x_t.shape[:1])
         log_alpha = expand_to_rank(process.log_alpha(t), x_t.ndim)
         log_sigma = expand_to_rank(process.log_sigma(t), x_t.ndim)

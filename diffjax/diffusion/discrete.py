@@ -129,11 +129,13 @@ class DiscreteDiffusion:
 
     def predict_x0(self, network: Network, params: Any, process: DiscreteVP, x: jax.Array, t: jax.Array,
                    cond: Any = None) -> jax.Array:
-        """x0_hat [B, ...] at times t [B] of the continuous view: the network at the fractional
-        step ``process.model_timestep(t)``, its mean part read per ``spec`` (a learned variance
-        is ignored)."""
-        output = network(params, x, self.network_time(process.model_timestep(t)), cond)
-        alpha, sigma = process.alpha_sigma(t, x.ndim)
+        """x0_hat [B, ...] at the time t of the continuous view, a scalar (a solver's: alpha_t and
+        sigma_t are computed once) or one per example [B] (a likelihood's): the network at the
+        fractional step ``process.model_timestep(t)``, its mean part read per ``spec`` (a learned
+        variance is ignored)."""
+        t_batch = jnp.full(x.shape[:1], t, dtype=t.dtype) if t.ndim == 0 else t
+        output = network(params, x, self.network_time(process.model_timestep(t_batch)), cond)
+        alpha, sigma = process.alpha_sigma(t) if t.ndim == 0 else process.alpha_sigma(t, x.ndim)
         return x0_from_mean_part(self.spec, x, split_output(self.spec, output, x.shape)[0], alpha, sigma)
 
     # ------------------------------------------------------------------ training

@@ -129,4 +129,5 @@ class GaussianFamily(Family, Protocol):
 
     def predict_x0(self, network: Network, params: Any, process: Any, x: jax.Array, t: jax.Array,
                    cond: Any = None) -> jax.Array:
-        """x0_hat [B, ...] at x [B, ...] and times t [B] of ``process``."""
+        """x0_hat [B, ...] at x [B, ...] and the time t of ``process``: a scalar (a solver's) or one
+        per example [B] (a likelihood's)."""

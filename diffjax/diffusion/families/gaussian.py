@@ -34,9 +34,7 @@ def data_prediction(family, network: Network, params: Any, process: NoiseProcess
 
     def denoise_x0(x: jax.Array, t: jax.Array) -> jax.Array:
         t = jnp.asarray(t)
-        if t.ndim == 0:
-            t = jnp.full((x.shape[0],), t, dtype=t.dtype)
-        elif t.shape != x.shape[:1]:
+        if t.ndim != 0 and t.shape != x.shape[:1]:
             raise ValueError(f"t must be a scalar or one time per example {x.shape[:1]}, got shape {t.shape}")
         return family.predict_x0(network, params, process, x, t, cond)
 
