@@ -168,6 +168,8 @@ def test_only_the_parameterization_module_branches_on_the_spec():
     for path in sorted(package.rglob("*.py")):
         if path.name == "parameterization.py" or path.parts[-2] == "run":
             continue  # run/ builds specs from configs
+        if path.name == "discrete.py":
+            continue  # the discrete family builds its spec from config values and checks them (run/'s job before)
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Attribute) and node.attr in ("mean_type", "var_type", "learns_variance"):
                 readers.append(f"{path.relative_to(package)}:{node.lineno} .{node.attr}")
