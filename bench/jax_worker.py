@@ -56,7 +56,7 @@ def _hyper(config) -> dict:
     return dict(
         batch_size=t.batch_size, lr=t.lr, adam_b1=t.adam_b1, adam_b2=t.adam_b2, adam_eps=t.adam_eps,
         weight_decay=t.weight_decay, grad_clip=t.grad_clip, ema_decay=t.ema_decay, schedule=d.schedule,
-        timesteps=d.timesteps, mean_type=d.mean_type, objective=d.objective, dropout=config.model.dropout,
+        timesteps=d.timesteps, mean_type=d.prediction, objective=d.objective, dropout=config.model.dropout,
     )
 
 
