@@ -88,7 +88,7 @@ def parse_flag_sets(text: str | None) -> dict[str, str]:
     """``--gpu-flags``: ``"name=--flag=v --flag=v;name=..."`` to ``{name: flags}`` (each set checked
     against ``diffjax.runtime.xla_gpu``'s allow-list); None or "" gives ``GPU_FLAG_SETS``."""
     if not text:
-        return dict(GPU_FLAG_SETS)  # checked by tests/test_bench_accelerator.py (no diffjax import here)
+        return dict(GPU_FLAG_SETS)  # checked by tests/bench/test_bench_accelerator.py (no diffjax import here)
     if REPO not in sys.path:  # diffjax not installed: the checkout this script is in
         sys.path.append(REPO)
     from diffjax.runtime.xla_gpu import parse_gpu_flags

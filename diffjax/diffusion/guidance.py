@@ -19,7 +19,7 @@ g = grad_{x_t} log p_phi(y | x_t, t) (``classifier_gradient``) enters in one of 
 
 For s != 1 the shifted score is the score of p_t(x) p_t(y | x)^s, but these densities are not
 the noised versions of one distribution (noising does not commute with raising p(y | x) to a
-power), so the sampler does not draw the tilted density p(x) p(y | x)^s / Z. tests/test_guidance.py
+power), so the sampler does not draw the tilted density p(x) p(y | x)^s / Z. tests/diffusion/test_guidance.py
 measures the gap on a 2-D two-class mixture: at s = 3 the class mean overshoots the tilted
 one by 0.4-0.56 away from the other class and the spread along that axis is 2-3 times smaller.
 

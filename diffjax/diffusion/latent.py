@@ -32,7 +32,7 @@ least-noisy trained step. So ``encode`` and ``decode`` (without ``denoise_to_zer
 inverse maps between the states at t_min and t_max up to the solver's discretisation error:
 the discretisations up and down are not each other's exact inverses (DDIM's step up
 evaluates D at the lower end of a step, its step down at the upper end). The round trip's
-error falls with the steps at least at the solver's order: measured (tests/test_latent.py)
+error falls with the steps at least at the solver's order: measured (tests/diffusion/test_latent.py)
 first order for DDIM and third for EDM's Heun and DPM-Solver++(2M), because a step of order
 p errs by C h^{p+1} going up and C (-h)^{p+1} coming back, which cancel to leading order
 when p is even.

@@ -23,7 +23,7 @@ dimensions of one example), like the rest of diffjax.
   SNR(s)/SNR(t) - 1 = expm1(gamma_t - gamma_s)):
   L_T = (T/2) E_{i ~ U{1..T}, eps} [expm1(gamma(t) - gamma(s)) ||eps - eps_hat(z_t; t)||^2],
   t = i/T, s = (i-1)/T. As T -> infinity, L_T -> L_inf (from above, at rate 1/T for a smooth
-  integrand: tests/test_vdm.py measures it).
+  integrand: tests/diffusion/test_vdm.py measures it).
 * Prior loss KL(q(z_1|x) || N(0, I)) = (1/2) sum_i (sigma_1^2 + alpha_1^2 x_i^2 - 1 - log sigma_1^2)
   = (1/2) sum_i (alpha_1^2 (x_i^2 - 1) - log sigmoid(gamma_1)).
 * Reconstruction loss -log p(x | z_0) with VDM's factorised decoder (appendix):

@@ -40,7 +40,7 @@ A model that ignores the discreteness of the data (its denoiser is that of a smo
 at every noise level) pays, per dimension, about the KL from q(z_0 | x) to its posterior over
 z_0, nearly uniform over the value's bin: (1/2) log2(Delta^2 SNR(t_min) / (2 pi e)) bits with
 Delta = 2/255 the spacing of the values, where that is positive (0.55 bits/dim for
-gamma(0) = -13.3; tests/test_elbo.py measures it on Gaussian data).
+gamma(0) = -13.3; tests/evaluation/test_elbo.py measures it on Gaussian data).
 
 The estimator: each example gets ``draws`` times, VDM's low-discrepancy set s_j = (u + j /
 draws) mod 1 with one uniform u per example, and a fresh eps and z_0 noise per draw; its terms

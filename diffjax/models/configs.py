@@ -9,7 +9,7 @@ Three fields are not hyperparameters and never in a preset: the output width
 run's). ``diffjax.run.config.set_model`` writes a preset into a config's ``model``
 section; ``make_network`` builds any network from keyword arguments.
 
-UNet parameter counts (float32 params, checked exactly in ``tests/test_models.py``),
+UNet parameter counts (float32 params, checked exactly in ``tests/models/test_models.py``),
 with 2C output channels for the two improved-DDPM models (learned sigma) and C for the
 others; ``IMAGE_SHAPES`` gives the (H, W, C) images each was made for:
 

@@ -36,7 +36,7 @@ call: the five matmuls) and kept apart in ``attention_custom_call``.
 The lowered module of a jit over a multi-device mesh is the global program, before SPMD
 partitioning, so its count is the FLOPs of the whole step on all devices together.
 
-``tests/test_flops.py`` checks the count against ``Lowered.cost_analysis()`` (exactly:
+``tests/runtime/test_flops.py`` checks the count against ``Lowered.cost_analysis()`` (exactly:
 the same rules on the same module) and ``Compiled.cost_analysis()`` on CPU (within 2%:
 the optimiser changes the elementwise work a little, never the convolutions or dots).
 """

@@ -9,7 +9,7 @@ timesteps exactly), everything else to |diff| <= max(1e-5, 1e-4 |ref|).
 
 ``test_every_reference_array_is_checked`` keeps the list of checked keys, written out
 from the README's description, equal to the file's keys minus its inputs, so no array
-goes unchecked. The file and its README are kept in ``tests/data/`` (copied from
+goes unchecked. The file and its README are kept in ``tests/reference/data/`` (copied from
 ``shared/golden/``), so this test never skips.
 """
 
