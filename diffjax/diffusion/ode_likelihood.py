@@ -289,6 +289,67 @@ def _batch_error_norm(error) -> jax.Array:
     return jnp.maximum(jnp.max(x_rms), jnp.max(jnp.abs(log_p_error)))
 
 
+def _checked_span(process: NoiseProcess, x: jax.Array, solver: str, divergence: str,
+                  t_start: float | None, t_end: float | None) -> tuple[float, float]:
+    """``log_likelihood``'s input checks; returns its static span (t_start, t_end)."""
+    if jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_:
+        raise TypeError(
+            f"log_likelihood takes continuous data, got {x.dtype}: a continuous density on discrete data is "
+            "not a likelihood (it can give negative bits/dim); dequantise 8-bit images with bits_per_dim"
+        )
+    if x.ndim < 2:
+        raise ValueError(f"x must be a batch [B, ...] with at least one data dimension, got shape {x.shape}")
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; known solvers: {sorted(SOLVERS)}")
+    if divergence not in ("exact", "hutchinson"):
+        raise ValueError(f"unknown divergence {divergence!r}; use 'exact' or 'hutchinson'")
+    t_start = float(process.t_min if t_start is None else t_start)
+    t_end = float(process.t_max if t_end is None else t_end)
+    if not t_start < t_end:
+        raise ValueError(
+            f"the likelihood ODE runs from the data (t_start) up to the prior (t_end): need t_start < t_end, "
+            f"got t_start={t_start}, t_end={t_end}"
+        )
+    if t_start < process.t_min or t_end > process.t_max:
+        raise ValueError(
+            f"[t_start, t_end] = [{t_start}, {t_end}] must lie in the process's [t_min, t_max] = "
+            f"[{process.t_min}, {process.t_max}]"
+        )
+    return t_start, t_end
+
+
+def _probes(key: jax.Array | None, divergence: str, probe: str, num_probes: int, x: jax.Array) -> jax.Array | None:
+    """The Hutchinson probes [num_probes, B, ...] of the whole solve (None for the exact divergence)."""
+    if divergence != "hutchinson":
+        return None
+    if key is None:
+        raise ValueError("the Hutchinson divergence needs a key for its probes")
+    if num_probes < 1:
+        raise ValueError(f"num_probes must be at least 1, got {num_probes}")
+    return draw_probes(key, probe, (num_probes,) + x.shape, x.dtype)
+
+
+def _pf_ode_field(process: NoiseProcess, denoise_x0: X0Fn, dim: int):
+    """The augmented probability-flow field ``(t, (y, _), probes) -> (dy/dt, d log p / dt)``:
+    dy/dt = (d log sigma) y + (d log alpha - d log sigma) alpha x0_hat(y, t), and its divergence
+    (exact, or the Hutchinson estimate with ``probes``); ``dim`` data dimensions per example."""
+
+    def vector_field(t, state, probes):
+        y, _ = state
+        log_alpha, d_log_alpha, d_log_sigma = _log_derivatives(process, t)
+        weight = (d_log_alpha - d_log_sigma) * jnp.exp(log_alpha)
+        denoise_at_t = lambda z: denoise_x0(z, t)
+        if probes is None:
+            x0, trace = exact_divergence(denoise_at_t, y)
+        else:
+            x0, trace = hutchinson_divergence(denoise_at_t, y, probes)
+        drift = d_log_sigma * y + weight * x0
+        div = d_log_sigma * dim + weight * trace
+        return drift.astype(y.dtype), div.astype(y.dtype)
+
+    return vector_field
+
+
 def log_likelihood(
     process: NoiseProcess,
     denoise_x0: X0Fn,
@@ -334,52 +395,9 @@ def log_likelihood(
     Returns:
       An ``ODELikelihood`` (all per-example numbers in nats).
     """
-    if jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_:
-        raise TypeError(
-            f"log_likelihood takes continuous data, got {x.dtype}: a continuous density on discrete data is "
-            "not a likelihood (it can give negative bits/dim); dequantise 8-bit images with bits_per_dim"
-        )
-    if x.ndim < 2:
-        raise ValueError(f"x must be a batch [B, ...] with at least one data dimension, got shape {x.shape}")
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; known solvers: {sorted(SOLVERS)}")
-    if divergence not in ("exact", "hutchinson"):
-        raise ValueError(f"unknown divergence {divergence!r}; use 'exact' or 'hutchinson'")
-    t_start = float(process.t_min if t_start is None else t_start)
-    t_end = float(process.t_max if t_end is None else t_end)
-    if not t_start < t_end:
-        raise ValueError(
-            f"the likelihood ODE runs from the data (t_start) up to the prior (t_end): need t_start < t_end, "
-            f"got t_start={t_start}, t_end={t_end}"
-        )
-    if t_start < process.t_min or t_end > process.t_max:
-        raise ValueError(
-            f"[t_start, t_end] = [{t_start}, {t_end}] must lie in the process's [t_min, t_max] = "
-            f"[{process.t_min}, {process.t_max}]"
-        )
-
-    dim = math.prod(x.shape[1:])
-    if divergence == "hutchinson":
-        if key is None:
-            raise ValueError("the Hutchinson divergence needs a key for its probes")
-        if num_probes < 1:
-            raise ValueError(f"num_probes must be at least 1, got {num_probes}")
-        probes = draw_probes(key, probe, (num_probes,) + x.shape, x.dtype)
-    else:
-        probes = None
-
-    def vector_field(t, state, probes):
-        y, _ = state
-        log_alpha, d_log_alpha, d_log_sigma = _log_derivatives(process, t)
-        weight = (d_log_alpha - d_log_sigma) * jnp.exp(log_alpha)
-        denoise_at_t = lambda z: denoise_x0(z, t)
-        if probes is None:
-            x0, trace = exact_divergence(denoise_at_t, y)
-        else:
-            x0, trace = hutchinson_divergence(denoise_at_t, y, probes)
-        drift = d_log_sigma * y + weight * x0
-        div = d_log_sigma * dim + weight * trace
-        return drift.astype(y.dtype), div.astype(y.dtype)
+    t_start, t_end = _checked_span(process, x, solver, divergence, t_start, t_end)
+    probes = _probes(key, divergence, probe, num_probes, x)
+    vector_field = _pf_ode_field(process, denoise_x0, math.prod(x.shape[1:]))
 
     method, _ = SOLVERS[solver]
     state0 = (x, jnp.zeros((x.shape[0],), x.dtype))

@@ -123,6 +123,39 @@ def quality_record(checkpoint_step: int, params_name: str, scorer, sample_config
     }
 
 
+def _scorer(config: ml_collections.ConfigDict, feature_cache_dir: str | None, mesh):
+    """The sample scorer of the data (``sample_scorer``), or None with a warning when it has no metric."""
+    scorer = sample_scorer(config, config.eval.num_samples, feature_cache_dir, mesh)
+    if scorer is None:
+        logging.warning(
+            "no sample metric for data %r: set config.eval.fid_weights to pytorch-fid's Inception weights "
+            "to compute FID/IS; sample quality is skipped", config.data.name,
+        )
+    return scorer
+
+
+def _warn_of_missing_bounds(e: ml_collections.ConfigDict, family) -> None:
+    """A warning per bound asked for in ``config.eval`` that the family does not have."""
+    for asked, name in ((e.elbo, "eval.elbo"), (e.ode_nll, "eval.ode_nll")):
+        if asked and name.partition(".")[2] not in family.bounds:
+            logging.warning("%s: a %s model has no likelihood bound; skipped", name, family.name)
+
+
+def _classifier_accuracy(config, recipe: Recipe, params, mesh, details, eval_dir: str | None) -> dict[str, Any] | None:
+    """A noise-conditional classifier's accuracy per band of noise levels, written to
+    ``eval_dir/classifier.json`` (None: not written, another process than 0), or None without an
+    evaluation split; ``details(started)`` the record's description of the run."""
+    if recipe.eval_batches is None:
+        return None
+    started = time.perf_counter()
+    accuracy = accuracy_by_band(recipe, params, mesh, recipe.eval_batches(), seed=config.eval.nll_seed,
+                                draws=config.eval.elbo_draws)
+    record = {**details(started), **accuracy}
+    if eval_dir is not None:
+        _write_json(os.path.join(eval_dir, "classifier.json"), record)
+    return record
+
+
 def evaluate(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -172,12 +205,7 @@ def evaluate(
     family = recipe.family
     compute_samples = compute_samples and family.draws_samples
     # Before the checkpoint and the NLL, so that a missing weights file fails at once.
-    scorer = sample_scorer(config, e.num_samples, feature_cache_dir, mesh) if compute_samples else None
-    if compute_samples and scorer is None:
-        logging.warning(
-            "no sample metric for data %r: set config.eval.fid_weights to pytorch-fid's Inception weights "
-            "to compute FID/IS; sample quality is skipped", config.data.name,
-        )
+    scorer = _scorer(config, feature_cache_dir, mesh) if compute_samples else None
     eval_dir = os.path.join(workdir, "eval")
     state = restore_train_state(config, workdir, recipe, mesh, step)
     checkpoint_step = int(state.step)
@@ -194,19 +222,12 @@ def evaluate(
         }
 
     if not family.draws_samples:  # a noise-conditional classifier: its accuracy per band of noise levels
-        result["classifier"] = None
-        if recipe.eval_batches is not None:
-            started = time.perf_counter()
-            accuracy = accuracy_by_band(recipe, params, mesh, recipe.eval_batches(), seed=e.nll_seed,
-                                        draws=e.elbo_draws)
-            result["classifier"] = {**details(started), **accuracy}
-            if is_main:
-                _write_json(os.path.join(eval_dir, "classifier.json"), result["classifier"])
+        result["classifier"] = _classifier_accuracy(config, recipe, params, mesh, details,
+                                                  eval_dir if is_main else None)
         return result
     bounds = compute_nll and recipe.eval_batches is not None
-    for asked, name in ((e.elbo, "eval.elbo"), (e.ode_nll, "eval.ode_nll")):
-        if bounds and asked and name.partition(".")[2] not in family.bounds:
-            logging.warning("%s: a %s model has no likelihood bound; skipped", name, family.name)
+    if bounds:
+        _warn_of_missing_bounds(e, family)
 
     def record(key: str, write, bound, started: float, num_examples: int | None = None) -> None:
         """``result[key]``: the bound's record with the run's details, written by process 0."""

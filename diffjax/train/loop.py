@@ -98,17 +98,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, recipe: 
     if train.batch_size % mesh.devices.size:
         raise ConfigError(f"config.train.batch_size={train.batch_size} must be divisible by the {mesh.devices.size} devices")
     optimizer = make_optimizer(train)
-    # Nothing is written to the workdir until the run has started (see _RunOutputs); the
-    # checkpointer writes nothing until its first save.
-    checkpointer = Checkpointer(
-        os.path.join(workdir, "checkpoints"),
-        max_to_keep=train.keep_checkpoints,
-        save_interval_steps=train.checkpoint_every,
-        async_save=train.async_checkpoints,
-    )
-    state = None
-    if checkpointer.latest_step() is not None:  # the newest readable one; damaged ones are skipped, named
-        state = checkpointer.restore_latest(abstract_train_state(recipe, optimizer, mesh)).state
+    checkpointer = _checkpointer(workdir, train)
+    state = _restored_state(checkpointer, recipe, optimizer, mesh)
     start_step = 0 if state is None else int(state.step)
     if start_step >= train.num_steps:
         checkpointer.close()
@@ -122,13 +113,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, recipe: 
         state = init(jax.random.PRNGKey(train.seed))
 
     step_fn = make_train_step(recipe, optimizer, train.ema_decay, mesh)
-    draw = None  # a classifier draws no samples
-    if recipe.family.draws_samples:
-        draw = make_sampler(recipe, mesh, num_samples=config.sample.num, choice=SamplerChoice.from_settings(config.sample))
+    draw = _training_sampler(config, recipe, mesh)
     outputs = _RunOutputs(workdir, config, start_step, is_main)
     preemption = PreemptionFlag()
-    progress = tqdm(total=train.num_steps, initial=start_step, unit="step", dynamic_ncols=True, mininterval=1.0,
-                    disable=not is_main)
+    progress = _progress_bar(train.num_steps, start_step, is_main)
     pending: list[dict[str, Any]] = []
     last_log_time, last_log_step = time.perf_counter(), start_step
 
@@ -170,9 +158,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, recipe: 
                 check_finite_and_open(done)
                 samples = draw(state.ema_params, jax.random.fold_in(jax.random.PRNGKey(train.seed + 1), done))
                 if is_main:
-                    picture = os.path.join(workdir, "samples", f"step_{done}.png")
-                    recipe.save_samples(samples, picture)
-                    outputs.writer.write_picture(done, "samples", picture)
+                    _write_picture(recipe, outputs, workdir, done, samples)
             if done % train.log_every == 0 and _any_process(preemption.is_set()):
                 check_finite_and_open(done)
                 if not saved:
@@ -184,6 +170,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, recipe: 
         progress.close()
         preemption.restore()
     return state
+
+
+def _training_sampler(config: ml_collections.ConfigDict, recipe: Recipe, mesh):
+    """The sampler of the training run's pictures (``config.sample``), or None: a classifier draws none."""
+    if not recipe.family.draws_samples:
+        return None
+    return make_sampler(recipe, mesh, num_samples=config.sample.num, choice=SamplerChoice.from_settings(config.sample))
+
+
+def _progress_bar(num_steps: int, start_step: int, is_main: bool) -> tqdm:
+    return tqdm(total=num_steps, initial=start_step, unit="step", dynamic_ncols=True, mininterval=1.0,
+                disable=not is_main)
+
+
+def _checkpointer(workdir: str, train: ml_collections.ConfigDict) -> Checkpointer:
+    """The run's checkpointer. It writes nothing until its first save (nothing is written to the
+    workdir until the run has started, see _RunOutputs)."""
+    return Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        max_to_keep=train.keep_checkpoints,
+        save_interval_steps=train.checkpoint_every,
+        async_save=train.async_checkpoints,
+    )
+
+
+def _restored_state(checkpointer: Checkpointer, recipe: Recipe, optimizer, mesh) -> TrainState | None:
+    """The state of the newest readable checkpoint (damaged ones are skipped, named), or None."""
+    if checkpointer.latest_step() is None:
+        return None
+    return checkpointer.restore_latest(abstract_train_state(recipe, optimizer, mesh)).state
+
+
+def _write_picture(recipe: Recipe, outputs: "_RunOutputs", workdir: str, step: int, samples) -> None:
+    """``samples/step_N.png`` of a training step's samples, and its TensorBoard image."""
+    picture = os.path.join(workdir, "samples", f"step_{step}.png")
+    recipe.save_samples(samples, picture)
+    outputs.writer.write_picture(step, "samples", picture)
 
 
 class _RunOutputs:
