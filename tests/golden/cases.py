@@ -29,7 +29,7 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["GOLDEN_FILE", "OLD_WORKDIRS", "RUNS", "Draw", "Eval", "Run", "Runs", "array_record", "exact", "state_records"]
+__all__ = ["GOLDEN_FILE", "GOLDEN_FILES", "OLD_WORKDIRS", "RUNS", "Draw", "Eval", "Run", "Runs", "array_record", "exact", "state_records"]
 
 TINY_UNET = dict(channels=8, channel_mult=(1,), num_res_blocks=1, attention_resolutions=(), norm_groups=4,
                  num_heads=1)
@@ -159,6 +159,12 @@ OLD_WORKDIR_DRAW = "dpmpp_2m:3"
 """The draw (of the run's ``draws``) the test repeats from each fixture."""
 GOLDEN_DIR = os.path.dirname(os.path.abspath(__file__))
 GOLDEN_FILE = os.path.join(GOLDEN_DIR, "families.json")
+"""The first recording (the machine of the refactor: its CPU was not stamped)."""
+GOLDEN_FILES = (GOLDEN_FILE, os.path.join(GOLDEN_DIR, "families_avx2.json"))
+"""One recording of the same code per kind of CPU: XLA:CPU compiles for the CPU it runs on (its
+vector width, FMA contraction), so the same program rounds differently on another kind of CPU
+(an AVX2-only AMD EPYC moved the last bits of every trained leaf of families.json). The test asks
+that every number of the machine it runs on equals, bit for bit, one and the same recording."""
 
 
 def exact(value):

@@ -2,12 +2,16 @@
 fixtures, from the code on the path:
 
     PYTHONPATH=$PWD python -m tests.golden.record               # families.json and old_workdir/
-    PYTHONPATH=$PWD python -m tests.golden.record --out x.json  # only the json, elsewhere (to compare)
+    PYTHONPATH=$PWD python -m tests.golden.record --out x.json  # only the json, elsewhere
 
 It trains each run of ``cases.RUNS`` (4 steps, tiny networks) in a temporary folder, with XLA:CPU's
-fusions set as the tests set them (``tests/conftest.py``), measures it, and writes the json. With the
-default ``--out`` it also replaces ``old_workdir/<name>/`` by the ``config.json`` and checkpoints of
-the runs ``cases.OLD_WORKDIRS`` names, and records what the test restores from them.
+fusions set as the tests set them (``tests/conftest.py``), measures it, and writes the json, stamped
+with the commit and the CPU it was computed on. With the default ``--out`` it also replaces
+``old_workdir/<name>/`` by the ``config.json`` and checkpoints of the runs ``cases.OLD_WORKDIRS``
+names, and records what the test restores from them; with another ``--out`` it records what the
+committed fixtures restore to. The second use makes a recording for another kind of CPU
+(``cases.GOLDEN_FILES``, e.g. ``families_avx2.json``): run it from the commit of the first
+recording (its ``recorded_from``), so that both hold what the same code computes.
 """
 
 from diffjax.runtime.xla_cpu import use_cpu_fusions
@@ -37,6 +41,23 @@ def source_commit() -> str:
     return commit + (" (with uncommitted changes)" if dirty else "")
 
 
+def cpu_description() -> str:
+    """The CPU the numbers were computed on: its model and the vector extensions XLA:CPU compiles for."""
+    model, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model == "unknown CPU":
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    isa = [flag for flag in ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if flag in flags]
+    return f"{model} ({' '.join(isa) or 'no x86 vector flags read'})"
+
+
 def write_old_workdir(kind: str, workdir: str) -> str:
     """``old_workdir/<kind>``: the run's ``config.json`` and ``checkpoints/``, nothing else."""
     target = os.path.join(OLD_WORKDIR_DIR, kind)
@@ -49,18 +70,19 @@ def write_old_workdir(kind: str, workdir: str) -> str:
 
 def record(root: str, fixtures: bool) -> dict:
     runs = Runs(root)
-    golden = {"recorded_from": source_commit(), "runs": {}, "old_workdir": {}}
+    golden = {"recorded_from": source_commit(), "cpu": cpu_description(), "runs": {}, "old_workdir": {}}
     for name in RUNS:
         started = time.perf_counter()
         golden["runs"][name] = runs.record(name)
         print(f"{name}: {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
     for kind, name in OLD_WORKDIRS.items():
-        workdir = runs.trained(name)[2]
         if fixtures:
-            workdir = write_old_workdir(kind, workdir)
+            workdir = write_old_workdir(kind, runs.trained(name)[2])
+        else:  # the committed fixtures, as the test restores them (trained on the machine that wrote them)
+            workdir = os.path.join(OLD_WORKDIR_DIR, kind)
         copy = shutil.copytree(workdir, os.path.join(root, f"old_workdir_{kind}"))
         fixture = old_workdir_record(copy, name, runs.mesh)
-        if fixture["state"] != golden["runs"][name]["state"]:
+        if fixtures and fixture["state"] != golden["runs"][name]["state"]:
             raise AssertionError(f"old_workdir/{kind} does not restore to run {name}'s state")
         golden["old_workdir"][kind] = fixture
     return golden
