@@ -1,7 +1,8 @@
 """diffjax's data layer: tfds image data sets, the offline `digits` set, 2-D toys.
 
-Public names (imported on first use, so that ``diffjax.data.toy2d`` users do not
-pay TensorFlow's import time):
+Public names (imported on first use). TensorFlow (3-5 s to import) is imported only by
+``diffjax.data.tf_records``, when records are read: an in-memory data set whose decoded
+split is kept on disk (``diffjax.data.decoded_cache``) and the 2-D toys never import it.
 
   make_train_iterator, make_eval_batches, load_uint8_images,
   in_memory_train_batch, to_model_batch, TrainIterator, EvalBatches

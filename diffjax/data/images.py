@@ -20,10 +20,13 @@ only, since each epoch has its own order. Two paths:
   positions ``[j*B, (j+1)*B)`` of it and host i takes rows ``[i*b, (i+1)*b)``
   of that global batch. So the *global* batch of a step does not depend on the
   number of hosts, and hosts never share an example within an epoch.
-  Resuming costs nothing (random access).
+  Resuming costs nothing (random access). The decoded split is kept beside
+  the records (``decoded_cache``): a later start reads it back without
+  TensorFlow.
 * streaming (the other data sets; or ``in_memory=False``): host i reads only
   its own contiguous 1/process_count of the split
-  (``tfds.even_splits(split, n, drop_remainder=True)[i]``) through tf.data.
+  (``tfds.even_splits(split, n, drop_remainder=True)[i]``) through tf.data
+  (``tf_records``).
   In epoch e the shard is cut into ``read_chunks`` contiguous chunks that are
   read concurrently and merged in a random interleaving, and the merged
   stream is permuted window by window (``shuffle_window`` records), all from
@@ -57,16 +60,12 @@ import math
 from typing import Any, Callable, Iterator
 
 import numpy as np
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from diffjax.data import hosts
+from diffjax.data import decoded_cache, hosts
 from diffjax.data.catalog import ImageDatasetSpec, image_dataset_spec, prepared_builder
 
 Batch = dict[str, np.ndarray]
-
-_DECODE_BATCH = 1024  # Examples per tf.data batch when loading into memory.
-
 
 # ---------------------------------------------------------------------------
 # Pure numpy pieces shared by both paths.
@@ -182,133 +181,6 @@ def _steps_per_epoch(num_examples: int, batch_size: int) -> int:
     return num_examples // batch_size
 
 
-# ---------------------------------------------------------------------------
-# tf.data pieces.
-
-
-def _deterministic_options() -> tf.data.Options:
-    options = tf.data.Options()
-    options.deterministic = True
-    return options
-
-
-def _decode_fn(spec: ImageDatasetSpec, builder, image_size: int) -> Callable[[dict], tuple[tf.Tensor, tf.Tensor]]:
-    """Maps a record with the image still encoded to (uint8 image, int32 label).
-
-    The image is decoded, centre-cropped to a square when the spec asks, and
-    resized (bilinear, antialiased, rounded) when its size is not image_size.
-    """
-    image_feature = builder.info.features["image"]
-    resize = spec.center_crop or spec.native_size != image_size
-
-    def decode(example):
-        image = image_feature.decode_example(example["image"])
-        if spec.center_crop:
-            height, width = tf.shape(image)[0], tf.shape(image)[1]
-            side = tf.minimum(height, width)
-            image = tf.image.crop_to_bounding_box(image, (height - side) // 2, (width - side) // 2, side, side)
-        if resize:
-            image = tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=True)
-            image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
-        image = tf.ensure_shape(image, [image_size, image_size, spec.channels])
-        if spec.num_classes is None:
-            label = tf.zeros([], tf.int32)
-        else:
-            label = tf.cast(example["label"], tf.int32)
-        return image, label
-
-    return decode
-
-
-def _needed_keys(spec: ImageDatasetSpec) -> tuple[str, ...]:
-    return ("image",) if spec.num_classes is None else ("image", "label")
-
-
-def _encoded_records(builder, split, keys: tuple[str, ...], *, lean: bool = False) -> tf.data.Dataset:
-    """The records of a split in file order, the image left encoded (cheap to skip).
-
-    Only the features named in ``keys`` are kept. ``lean`` reads one file at a
-    time without tfds' own prefetch, for the many small concurrent readers of
-    :func:`_shuffled_records`.
-    """
-    lean_options = {}
-    if lean:
-        lean_options = dict(
-            interleave_cycle_length=1,
-            num_parallel_calls_for_interleave_files=1,
-            skip_prefetch=True,
-        )
-    read_config = tfds.ReadConfig(try_autocache=False, options=_deterministic_options(), **lean_options)
-    ds = builder.as_dataset(
-        split=split,
-        shuffle_files=False,
-        decoders={"image": tfds.decode.SkipDecoding()},
-        read_config=read_config,
-    )
-
-    @tf.autograph.experimental.do_not_convert  # plain dict selection; autograph cannot parse a lambda's source
-    def select(example):
-        return {key: example[key] for key in keys}
-
-    return ds.map(select)
-
-
-def _shuffled_records(
-    builder,
-    shard,
-    keys: tuple[str, ...],
-    *,
-    order_seed: list[int],
-    num_chunks: int,
-    window: int,
-) -> tf.data.Dataset:
-    """The records of a shard in an order fixed by ``order_seed`` alone.
-
-    The shard is cut into ``num_chunks`` contiguous chunks, read concurrently
-    and merged in a uniformly random interleaving (a numpy permutation of the
-    chunk ids); the merged stream is then permuted window by window (stateless
-    random numbers seeded by (order_seed, window index)). Only stateless or
-    numpy randomness is used, so TensorFlow's global seed has no effect.
-    """
-    chunks = tfds.even_splits(shard, n=num_chunks)
-    sizes = [builder.info.splits[chunk].num_examples for chunk in chunks]
-    numpy_rng = hosts.rng(*order_seed)
-    choice = numpy_rng.permutation(np.repeat(np.arange(len(chunks)), sizes))
-    ds = tf.data.Dataset.choose_from_datasets(
-        [_encoded_records(builder, chunk, keys, lean=True) for chunk in chunks],
-        tf.data.Dataset.from_tensor_slices(choice.astype(np.int64)),
-    )
-    window_seed = tf.constant(hosts.int64_seed(*order_seed) & 0x7FFFFFFF, dtype=tf.int64)
-
-    def permute_window(index, records):
-        size = tf.shape(tf.nest.flatten(records)[0])[0]
-        keys = tf.random.stateless_uniform([size], seed=tf.stack([window_seed, index]), alg="philox")
-        order = tf.argsort(keys)
-        return tf.nest.map_structure(lambda x: tf.gather(x, order), records)
-
-    ds = ds.batch(window).enumerate().map(permute_window)
-    return ds.unbatch()
-
-
-def _load_uint8(builder, spec, split, image_size) -> tuple[np.ndarray, np.ndarray]:
-    """Decodes a whole split (or shard) into numpy, in file order."""
-    ds = _encoded_records(builder, split, _needed_keys(spec))
-    ds = ds.map(
-        _decode_fn(spec, builder, image_size),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
-    ds = ds.batch(_DECODE_BATCH).prefetch(tf.data.AUTOTUNE)
-    images, labels = [], []
-    for image_chunk, label_chunk in ds.as_numpy_iterator():
-        images.append(image_chunk)
-        labels.append(label_chunk)
-    if not images:
-        shape = (0, image_size, image_size, spec.channels)
-        return np.zeros(shape, np.uint8), np.zeros((0,), np.int32)
-    return np.concatenate(images), np.concatenate(labels)
-
-
 def load_uint8_images(
     name: str,
     *,
@@ -334,7 +206,7 @@ def load_uint8_images(
     spec = image_dataset_spec(name)
     image_size = image_size or spec.default_image_size
     builder = prepared_builder(name, data_dir)
-    return _load_uint8(builder, spec, split or spec.train_split, image_size)
+    return decoded_cache.load_or_decode(builder, spec, split or spec.train_split, image_size)
 
 
 # ---------------------------------------------------------------------------
@@ -495,7 +367,7 @@ def make_train_iterator(
     split = split or spec.train_split
     builder = resolved.builder()
     if resolved.in_memory:
-        images, labels = _load_uint8(builder, spec, split, resolved.image_size)
+        images, labels = decoded_cache.load_or_decode(builder, spec, split, resolved.image_size)
         steps_per_epoch = _steps_per_epoch(len(images), global_batch_size)
         batches = _in_memory_batches(images, labels, seed, start_step, share, random_flip)
     else:
@@ -560,25 +432,24 @@ def _streaming_batches(
     shuffle_window,
     read_chunks,
 ) -> Iterator[Batch]:
-    per_host = share.size
-    decode = _decode_fn(spec, builder, image_size)
+    from diffjax.data import tf_records  # TensorFlow: only a streamed data set imports it
+
+    decode = tf_records.decode_fn(spec, builder, image_size)
 
     def open_epoch(epoch: int, skip_batches: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Epoch ``epoch``'s batches from ``skip_batches`` on, the first already read
         (filling the shuffle window is the slow part of starting an epoch)."""
-        ds = _shuffled_records(
+        batches = tf_records.shuffled_batches(
             builder,
+            spec,
             shard,
-            _needed_keys(spec),
+            decode,
             order_seed=[hosts.READ_ORDER_STREAM, seed, epoch, share.process_index],
             num_chunks=max(1, min(read_chunks, shard_size)),
             window=shuffle_window,
+            skip_batches=skip_batches,
+            batch_size=share.size,
         )
-        ds = ds.skip(skip_batches * per_host)
-        ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.batch(per_host, drop_remainder=True)
-        ds = ds.prefetch(tf.data.AUTOTUNE).with_options(_deterministic_options())
-        batches = ds.as_numpy_iterator()
         first = next(batches, None)
         return batches if first is None else itertools.chain([first], batches)
 
@@ -705,7 +576,7 @@ def make_eval_batches(
     shape = resolved.image_shape
 
     if resolved.in_memory:
-        images, labels = _load_uint8(builder, spec, shard, image_size)
+        images, labels = decoded_cache.load_or_decode(builder, spec, shard, image_size)
         count = len(images)
         images = np.concatenate([images, np.zeros((padded_size - count, *shape), np.uint8)])
         labels = np.concatenate([labels, np.zeros((padded_size - count,), np.int32)])
@@ -717,19 +588,14 @@ def make_eval_batches(
                 yield images[start:stop], labels[start:stop], mask[start:stop]
 
     else:
-        decode = _decode_fn(spec, builder, image_size)
+        from diffjax.data import tf_records  # TensorFlow: only a streamed data set imports it
+
+        decode = tf_records.decode_fn(spec, builder, image_size)
         count = shard_sizes[share.process_index]
 
         def make_pass():
-            ds = _encoded_records(builder, shard, _needed_keys(spec))
-            ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            ds = ds.map(lambda image, label: (image, label, True))
-            padding = tf.data.Dataset.from_tensors((tf.zeros(shape, tf.uint8), tf.zeros([], tf.int32), False)).repeat(
-                padded_size - count
-            )
-            ds = ds.concatenate(padding).batch(per_host, drop_remainder=True)
-            ds = ds.prefetch(tf.data.AUTOTUNE).with_options(_deterministic_options())
-            return ds.as_numpy_iterator()
+            return tf_records.padded_batches(builder, spec, shard, decode, shape=shape, count=count,
+                                             padded_size=padded_size, batch_size=per_host)
 
     return EvalBatches(
         make_pass,

@@ -175,7 +175,7 @@ def reference_stats(
     Raises:
       DatasetNotPreparedError: the data set is not prepared (at once, with the command).
     """
-    from diffjax.data.images import load_uint8_images  # imports TensorFlow (3-6 s): only without cached statistics
+    from diffjax.data.images import load_uint8_images  # tfds (and TensorFlow to decode): only without cached statistics
 
     path = reference_stats_path(
         cache_dir or default_cache_dir(), data_name, split, data_image_size, num_examples, image_size,

@@ -32,7 +32,7 @@ def image_recipe(config: ml_collections.ConfigDict, model: nn.Module) -> Recipe:
     data = config.data
 
     def train_batches(start_step: int):
-        # diffjax.data.images imports TensorFlow (about 7 s): only when data is read, not for --dry_run.
+        # Imported when data is read, not for --dry_run (tfds; TensorFlow too while a split is not yet decoded).
         from diffjax.data.images import make_train_iterator
 
         return make_train_iterator(
@@ -46,7 +46,7 @@ def image_recipe(config: ml_collections.ConfigDict, model: nn.Module) -> Recipe:
         )
 
     def eval_batches():
-        from diffjax.data.images import make_eval_batches  # TensorFlow, as above
+        from diffjax.data.images import make_eval_batches  # as above
 
         return make_eval_batches(
             data.name, batch_size=config.eval.batch_size, split=config.eval.split or None,

@@ -12,7 +12,7 @@ from diffjax.data import hosts, toy2d
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from diffjax.data import catalog, digits, images  # noqa: E402
+from diffjax.data import catalog, digits, images, tf_records  # noqa: E402
 from diffjax.data.errors import DatasetNotPreparedError, UnknownDatasetError  # noqa: E402
 
 BATCH = 128  # digits: 1500 train examples -> 11 steps per epoch in memory.
@@ -262,10 +262,10 @@ def test_center_crop_then_resize_for_non_square_images():
     fake_builder = types.SimpleNamespace(info=types.SimpleNamespace(features=features))
     spec = catalog.image_dataset_spec("lsun/bedroom")
     example = {"image": tf.io.encode_png(picture)}
-    same_size, label = images._decode_fn(spec, fake_builder, 6)(example)
+    same_size, label = tf_records.decode_fn(spec, fake_builder, 6)(example)
     np.testing.assert_array_equal(same_size.numpy(), picture[:, 2:8])  # centre 6x6
     assert label.numpy() == 0 and label.dtype == tf.int32  # unlabelled
-    smaller, _ = images._decode_fn(spec, fake_builder, 3)(example)
+    smaller, _ = tf_records.decode_fn(spec, fake_builder, 3)(example)
     assert smaller.shape == (3, 3, 3) and smaller.dtype == tf.uint8
 
 

@@ -9,9 +9,11 @@ finite, the sample-quality rows' NFE), ``--mode=sample`` (the ``.npz`` samples' 
 the record's NFE), and ``--mode=sample`` with a solver (``--config.sample.solver=...``) for the
 Gaussian families. Naive diffusion has its own sampler (no solver cell); the noise-conditional
 classier is trained and evaluated (accuracy), never sampled. Under ``--dist loadscope`` each
-class is one unit, so the two xdist workers share the experiments; the launches share the
-session's compilation cache (``tests.support.subprocesses``), so an eval or sample launch
-compiles only what training did not.
+class is one unit, so the two xdist workers share the experiments. A class's cells run one
+after another in one child process (``tests.support.launch_session``: launch.py's flag parsing
+and ``main``, its flags reset between cells), which starts Python, JAX and TensorFlow once
+instead of once a cell; the launches share the session's compilation cache
+(``tests.support.subprocesses``), so an eval or sample cell compiles only what training did not.
 
 The paper-scale experiments (ddpm_cifar10, iddpm_*, ddpm_celebahq256, ddpm_lsun_church256)
 need data sets that are not prepared here: their smoke variants are their own recipe at tiny
@@ -32,7 +34,8 @@ import numpy as np
 import pytest
 
 from diffjax.diffusion.solvers import SOLVERS
-from tests.support.subprocesses import REPO, run_python
+from tests.support.launch_session import LaunchSession
+from tests.support.subprocesses import REPO
 
 pytestmark = pytest.mark.slow
 
@@ -102,13 +105,10 @@ def test_every_experiment_file_is_in_the_matrix():
     assert files == {e.file for e in EXPERIMENTS}
 
 
-def _launch(experiment: Experiment, workdir, *args):
-    """Run launch.py on ``experiment``'s smoke variant; assert it exits 0; return its stdout.
-    XLA compiles at its lowest optimisation level (``FAST_COMPILE``): the cells check what is
-    written, not speed, and compiling is most of a cell's time (a cold smoke training run of
-    ddpm_cifar10: 56 s of CPU instead of 95 s)."""
-    result = run_python(["launch.py", "--config", experiment.config, "--workdir", str(workdir), *args],
-                        env={"XLA_FLAGS": FAST_COMPILE}, timeout=300)
+def _launch(session: LaunchSession, experiment: Experiment, workdir, *args):
+    """Run launch.py on ``experiment``'s smoke variant in ``session``; assert it exits 0; return
+    its stdout."""
+    result = session.run("--config", experiment.config, "--workdir", str(workdir), *args)
     assert result.returncode == 0, f"{experiment.config} {args}:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
     return result.stdout
 
@@ -155,10 +155,19 @@ class MatrixCells:
     experiment: Experiment
 
     @pytest.fixture(scope="class")
-    def trained(self, tmp_path_factory):
+    def session(self):
+        """The process that runs this experiment's cells (``tests.support.launch_session``: one
+        Python and JAX start for all of them). XLA compiles at its lowest optimisation level
+        (``FAST_COMPILE``): the cells check what is written, not speed, and compiling is most of a
+        cell's time (a cold smoke training run of ddpm_cifar10: 56 s of CPU instead of 95 s)."""
+        with LaunchSession(env={"XLA_FLAGS": FAST_COMPILE}) as session:
+            yield session
+
+    @pytest.fixture(scope="class")
+    def trained(self, session, tmp_path_factory):
         """The workdir of the smoke variant trained once (4 steps), and launch.py's stdout."""
         workdir = tmp_path_factory.mktemp(self.experiment.file)
-        return workdir, _launch(self.experiment, workdir)
+        return workdir, _launch(session, self.experiment, workdir)
 
     def test_train(self, trained):
         workdir, _ = trained
@@ -171,10 +180,10 @@ class MatrixCells:
         if self.experiment.family != "classifier":
             assert os.path.exists(workdir / "samples" / "step_4.png")
 
-    def test_eval(self, trained):
+    def test_eval(self, session, trained):
         workdir, _ = trained
         family = self.experiment.family
-        _launch(self.experiment, workdir, "--mode=eval")
+        _launch(session, self.experiment, workdir, "--mode=eval")
         records = {name: _read_json(workdir / "eval" / name) for name in os.listdir(workdir / "eval")
                    if name.endswith(".json")}
         assert set(records) == (self.experiment.records or EVAL_RECORDS[family])
@@ -193,15 +202,15 @@ class MatrixCells:
         if family == "continuous":
             assert records["elbo.json"]["bpd"] > 0
 
-    def test_sample(self, trained):
+    def test_sample(self, session, trained):
         workdir, _ = trained
-        stdout = _launch(self.experiment, workdir, "--mode=sample")
+        stdout = _launch(session, self.experiment, workdir, "--mode=sample")
         _check_samples(self.experiment, workdir, stdout, self.experiment.nfe)
 
-    def test_sample_with_a_solver(self, trained):
+    def test_sample_with_a_solver(self, session, trained):
         workdir, _ = trained
         solver = self.experiment.solver
-        stdout = _launch(self.experiment, workdir, "--mode=sample", f"--config.sample.solver={solver}",
+        stdout = _launch(session, self.experiment, workdir, "--mode=sample", f"--config.sample.solver={solver}",
                          f"--config.sample.steps={SOLVER_STEPS}", *self.experiment.solver_args)
         record = _check_samples(self.experiment, workdir, stdout, SOLVERS[solver].nfe_per_step * SOLVER_STEPS + 1)
         assert (record["sampler"], record["solver"], record["steps"]) == ("solver", solver, SOLVER_STEPS)
