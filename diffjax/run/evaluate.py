@@ -156,6 +156,30 @@ def _classifier_accuracy(config, recipe: Recipe, params, mesh, details, eval_dir
     return record
 
 
+def _compute_bounds(e, recipe: Recipe, state, params, mesh, *, use_ema: bool, progress: bool, record) -> None:
+    """The bounds of ``recipe.family`` that ``config.eval`` (``e``) asks for, each given to
+    ``record(key, write, bound, started[, num_examples])``: the T-step NLL, the continuous ELBO (or
+    VDM's T-step loss, ``elbo_T<T>``) and the PF-ODE bound."""
+    bounds = recipe.family.bounds
+    if "nll" in bounds:
+        started = time.perf_counter()
+        nll = nll_of_state(recipe, state, mesh, use_ema=use_ema, seed=e.nll_seed, chain=e.nll_chain, progress=progress)
+        record("nll", write_nll_json, nll, started)
+    if e.elbo and "elbo" in bounds:
+        started = time.perf_counter()
+        num_steps = e.elbo_steps or None  # VDM's T-step diffusion loss instead of L_inf: elbo_T<T>.json
+        elbo = elbo_of_params(recipe, params, mesh, recipe.eval_batches(), draws=e.elbo_draws, seed=e.nll_seed,
+                              num_steps=num_steps, progress=progress)
+        record("elbo" if num_steps is None else f"elbo_T{num_steps}", write_elbo_json, elbo, started)
+    if e.ode_nll and "ode_nll" in bounds:
+        started = time.perf_counter()
+        ode = ode_nll_of_params(
+            recipe, params, mesh, first_examples(recipe.eval_batches(), e.ode_num_examples),
+            probes=e.ode_probes, rtol=e.ode_rtol, atol=e.ode_atol, seed=e.ode_seed, progress=progress,
+        )
+        record("ode_nll", write_ode_nll_json, ode, started, e.ode_num_examples or None)
+
+
 def evaluate(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -225,10 +249,6 @@ def evaluate(
         result["classifier"] = _classifier_accuracy(config, recipe, params, mesh, details,
                                                   eval_dir if is_main else None)
         return result
-    bounds = compute_nll and recipe.eval_batches is not None
-    if bounds:
-        _warn_of_missing_bounds(e, family)
-
     def record(key: str, write, bound, started: float, num_examples: int | None = None) -> None:
         """``result[key]``: the bound's record with the run's details, written by process 0."""
         extra = details(started, num_examples)
@@ -237,25 +257,9 @@ def evaluate(
         else:
             result[key] = {**bound.to_json(), **extra}
 
-    if bounds and "nll" in family.bounds:
-        started = time.perf_counter()
-        nll = nll_of_state(recipe, state, mesh, use_ema=use_ema, seed=e.nll_seed, chain=e.nll_chain, progress=is_main)
-        record("nll", write_nll_json, nll, started)
-
-    if bounds and e.elbo and "elbo" in family.bounds:
-        started = time.perf_counter()
-        num_steps = e.elbo_steps or None  # VDM's T-step diffusion loss instead of L_inf: elbo_T<T>.json
-        elbo = elbo_of_params(recipe, params, mesh, recipe.eval_batches(), draws=e.elbo_draws, seed=e.nll_seed,
-                              num_steps=num_steps, progress=is_main)
-        record("elbo" if num_steps is None else f"elbo_T{num_steps}", write_elbo_json, elbo, started)
-
-    if bounds and e.ode_nll and "ode_nll" in family.bounds:
-        started = time.perf_counter()
-        ode = ode_nll_of_params(
-            recipe, params, mesh, first_examples(recipe.eval_batches(), e.ode_num_examples),
-            probes=e.ode_probes, rtol=e.ode_rtol, atol=e.ode_atol, seed=e.ode_seed, progress=is_main,
-        )
-        record("ode_nll", write_ode_nll_json, ode, started, e.ode_num_examples or None)
+    if compute_nll and recipe.eval_batches is not None:
+        _warn_of_missing_bounds(e, family)
+        _compute_bounds(e, recipe, state, params, mesh, use_ema=use_ema, progress=is_main, record=record)
 
     if scorer is not None:
         result["sample_quality"] = _sample_quality(config, recipe, mesh, params, params_name, checkpoint_step, scorer,
