@@ -136,9 +136,9 @@ def _scorer(config: ml_collections.ConfigDict, feature_cache_dir: str | None, me
 
 def _warn_of_missing_bounds(e: ml_collections.ConfigDict, family) -> None:
     """A warning per bound asked for in ``config.eval`` that the family does not have."""
-    for asked, name in ((e.elbo, "eval.elbo"), (e.ode_nll, "eval.ode_nll")):
-        if asked and name.partition(".")[2] not in family.bounds:
-            logging.warning("%s: a %s model has no likelihood bound; skipped", name, family.name)
+    for bound, asked in (("elbo", e.elbo), ("ode_nll", e.ode_nll)):
+        if asked and bound not in family.bounds:
+            logging.warning("eval.%s: a %s model has no likelihood bound; skipped", bound, family.name)
 
 
 def _classifier_accuracy(config, recipe: Recipe, params, mesh, details, eval_dir: str | None) -> dict[str, Any] | None:
@@ -249,6 +249,7 @@ def evaluate(
         result["classifier"] = _classifier_accuracy(config, recipe, params, mesh, details,
                                                   eval_dir if is_main else None)
         return result
+
     def record(key: str, write, bound, started: float, num_examples: int | None = None) -> None:
         """``result[key]``: the bound's record with the run's details, written by process 0."""
         extra = details(started, num_examples)

@@ -11,8 +11,8 @@ Gaussian families. Naive diffusion has its own sampler (no solver cell); the noi
 classier is trained and evaluated (accuracy), never sampled. Under ``--dist loadscope`` each
 class is one unit, so the two xdist workers share the experiments. A class's cells run one
 after another in one child process (``tests.support.launch_session``: launch.py's flag parsing
-and ``main``, its flags reset between cells), which starts Python, JAX and TensorFlow once
-instead of once a cell; the launches share the session's compilation cache
+and ``main``, its flags reset between cells), which starts Python and JAX once instead of
+once a cell; the launches share the session's compilation cache
 (``tests.support.subprocesses``), so an eval or sample cell compiles only what training did not.
 
 The paper-scale experiments (ddpm_cifar10, iddpm_*, ddpm_celebahq256, ddpm_lsun_church256)

@@ -1,8 +1,8 @@
 """Several launch.py runs in one Python process, one after another: the experiment matrix's cells.
 
 A cell of ``tests/e2e/test_experiment_matrix.py`` is one launch.py command line. Started as its
-own process, each pays Python's and JAX's start (about 5 s of CPU) and TensorFlow's import
-(about 5 s more, for the modes that read data) before the command does anything; the cells of one
+own process, each pays Python's and JAX's start (about 3 s of CPU) before the command does
+anything, and TensorFlow's import (3-5 s more) wherever it reads records; the cells of one
 experiment (train, eval, sample, sample with a solver) run here instead, in one child process,
 each through launch.py's own flag parsing and ``main`` exactly as ``python launch.py ...`` runs
 them: absl's flags are reset to their defaults before each command is parsed, so no value of one
