@@ -1,6 +1,8 @@
 """Test session setup: XLA:CPU's fusions as the digits experiments set them (none: the
-tests' models are small), before JAX starts a backend (in the tests' own processes: their
-children start from the user's XLA_FLAGS); one persistent compilation cache for the session's
+tests' models are small) and its lowest optimisation level (``FAST_COMPILE_FLAGS``:
+compiling is most of the tests' time), before JAX starts a backend (in the tests' own
+processes: their children start from the user's XLA_FLAGS, with the fast-compile flags
+added by ``tests.support.subprocesses``); one persistent compilation cache for the session's
 child processes; and the slow end-to-end tests first.
 
 The cache (``tests.support.subprocesses``): a fresh temporary folder made by the session's
@@ -24,9 +26,10 @@ import tempfile
 import pytest
 
 from diffjax.runtime.xla_cpu import use_cpu_fusions
-from tests.support.subprocesses import CACHE_ENV, USER_XLA_FLAGS_ENV
+from tests.support.subprocesses import CACHE_ENV, USER_XLA_FLAGS_ENV, with_fast_compile
 
 os.environ.setdefault(USER_XLA_FLAGS_ENV, os.environ.get("XLA_FLAGS", ""))  # for the child processes
+os.environ["XLA_FLAGS"] = with_fast_compile(os.environ[USER_XLA_FLAGS_ENV])
 use_cpu_fusions("")
 
 _OWNED = pytest.StashKey[str]()  # the cache folder this process made (and deletes)

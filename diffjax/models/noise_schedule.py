@@ -107,7 +107,9 @@ class MonotoneSchedule(nn.Module):
         """s(t) = (g(t) - g(0)) / (g(1) - g(0)), increasing from exactly 0 to exactly 1; t's shape.
 
         g(0), g(1) and g(t) are computed in one batch, so the rows for t = 0 and t = 1 are the same
-        computation as g(0) and g(1) and s is exact there."""
+        computation as g(0) and g(1) and s is exact there, as long as XLA rounds equal rows
+        alike: it does at its default optimisation level; at ``--xla_backend_optimization_level=0``
+        XLA:CPU's dot rounds rows by position and the ends can be off by an ulp or a few."""
         t = jnp.asarray(t)
         flat = jnp.concatenate([jnp.array([0.0, 1.0], t.dtype), jnp.reshape(t, (-1,))])
         g = self.network(flat)

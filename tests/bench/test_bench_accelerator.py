@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.support.subprocesses import REPO, subprocess_env
+
 BENCH = os.path.join(REPO, "bench")
 
 
@@ -20,9 +21,7 @@ def test_accelerator_quick_runs_end_to_end(tmp_path):
     doc = os.path.join(REPO, "docs", "performance.md")
     with open(doc) as f:
         doc_before = f.read()
-    env = dict(os.environ, DIFFJAX_BENCH_NO_TORCH="1")
-    # Compile faster; the quick numbers mean nothing anyway.
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+    env = subprocess_env({"DIFFJAX_BENCH_NO_TORCH": "1"})  # compiles fast: the quick numbers mean nothing anyway
     out = tmp_path / "acc.json"
     proc = subprocess.run(
         [sys.executable, os.path.join(BENCH, "run_benchmarks.py"), "--accelerator", "--quick", "--json", str(out)],

@@ -40,7 +40,6 @@ from tests.support.subprocesses import REPO
 pytestmark = pytest.mark.slow
 
 SOLVER_STEPS = 3
-FAST_COMPILE = "--xla_backend_optimization_level=0"
 DIGITS = (8, 8, 1)
 
 
@@ -157,10 +156,11 @@ class MatrixCells:
     @pytest.fixture(scope="class")
     def session(self):
         """The process that runs this experiment's cells (``tests.support.launch_session``: one
-        Python and JAX start for all of them). XLA compiles at its lowest optimisation level
-        (``FAST_COMPILE``): the cells check what is written, not speed, and compiling is most of a
-        cell's time (a cold smoke training run of ddpm_cifar10: 56 s of CPU instead of 95 s)."""
-        with LaunchSession(env={"XLA_FLAGS": FAST_COMPILE}) as session:
+        Python and JAX start for all of them). XLA compiles at its lowest optimisation level, as in
+        every child of the tests (``tests.support.subprocesses.FAST_COMPILE_FLAGS``): the cells check
+        what is written, not speed (a cold smoke training run of ddpm_cifar10: 56 s of CPU instead of
+        95 s)."""
+        with LaunchSession() as session:
             yield session
 
     @pytest.fixture(scope="class")

@@ -8,7 +8,14 @@ its XLA compilations there, however short (JAX's thresholds set to 0: on the CPU
 tests' compilations take under the 1 s that launch.py's own cache asks for), so the second
 launch of an experiment (``--mode=eval`` after training, a resume, the other worker's run of
 the same model) loads its executables instead of compiling them. The tests' own process does
-not use it."""
+not use it.
+
+XLA compiles at its lowest optimisation level in the tests' processes and their children
+(``FAST_COMPILE_FLAGS``, added by ``tests/conftest.py`` and :func:`subprocess_env`): the tests
+check values at tolerances and files, not speed, and backend compilation is most of a test's
+time (``--xla_backend_optimization_level=0`` alone: 127 -> 97 s of CPU on
+tests/diffusion/test_continuous.py and tests/evaluation/test_elbo.py). The bitwise golden test
+runs its child at the flags it was recorded at (``fast_compile=False``)."""
 
 from __future__ import annotations
 
@@ -22,6 +29,18 @@ USER_XLA_FLAGS_ENV = "DIFFJAX_TEST_USER_XLA_FLAGS"
 """XLA_FLAGS as the session found them: tests/conftest.py sets XLA:CPU's fusions in the tests'
 own process, and a child should start from the user's environment, not from that (a launch.py
 that touched JAX before setting its own flags passed in the tests and failed outside them)."""
+FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
+
+
+DEFAULT_OPTIMISATION = {"xla_backend_optimization_level": 3, "xla_llvm_disable_expensive_passes": False}
+"""``compiler_options`` that undo ``FAST_COMPILE_FLAGS`` for one compilation, for a test of a
+property that XLA keeps only when it optimises (``tests/diffusion/test_vdm.py``'s exact ends)."""
+
+
+def with_fast_compile(xla_flags: str) -> str:
+    """``xla_flags`` with each of ``FAST_COMPILE_FLAGS`` that it does not set itself (the user's wins)."""
+    added = [flag for flag in FAST_COMPILE_FLAGS if flag.split("=")[0] + "=" not in xla_flags]
+    return " ".join([xla_flags, *added]).strip()
 
 
 def compilation_cache_env() -> dict[str, str]:
@@ -33,15 +52,17 @@ def compilation_cache_env() -> dict[str, str]:
             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
 
-def subprocess_env(env: dict[str, str] | None = None) -> dict[str, str]:
+def subprocess_env(env: dict[str, str] | None = None, fast_compile: bool = True) -> dict[str, str]:
     """``os.environ`` for a child Python: XLA_FLAGS as the user set them, the session's
-    compilation cache, the repo first on PYTHONPATH, then ``env`` (which wins over all)."""
+    compilation cache, the repo first on PYTHONPATH, then ``env`` (which wins over all); then
+    ``FAST_COMPILE_FLAGS`` added to XLA_FLAGS unless ``fast_compile`` is False."""
     full = dict(os.environ, **compilation_cache_env())
-    if USER_XLA_FLAGS_ENV in full:
-        full["XLA_FLAGS"] = full.pop(USER_XLA_FLAGS_ENV)
-        if not full["XLA_FLAGS"]:
-            del full["XLA_FLAGS"]
+    full["XLA_FLAGS"] = full.pop(USER_XLA_FLAGS_ENV, full.get("XLA_FLAGS", ""))
     full.update(env or {})
+    if fast_compile:
+        full["XLA_FLAGS"] = with_fast_compile(full["XLA_FLAGS"])
+    if not full["XLA_FLAGS"]:
+        del full["XLA_FLAGS"]
     full["PYTHONPATH"] = REPO + os.pathsep + full.get("PYTHONPATH", "")
     return full
 
@@ -56,12 +77,12 @@ def python_command(args) -> list[str]:
     return [sys.executable, *args]
 
 
-def run_python(args, env=None, timeout=240, **kwargs) -> subprocess.CompletedProcess:
+def run_python(args, env=None, timeout=240, fast_compile=True, **kwargs) -> subprocess.CompletedProcess:
     """Run ``python args...`` from the repo root (output captured as text); return the CompletedProcess."""
-    return subprocess.run(python_command(args), cwd=REPO, env=subprocess_env(env), capture_output=True, text=True,
-                          timeout=timeout, **kwargs)
+    return subprocess.run(python_command(args), cwd=REPO, env=subprocess_env(env, fast_compile), capture_output=True,
+                          text=True, timeout=timeout, **kwargs)
 
 
-def popen_python(args, env=None, **kwargs) -> subprocess.Popen:
+def popen_python(args, env=None, fast_compile=True, **kwargs) -> subprocess.Popen:
     """Start ``python args...`` from the repo root, as :func:`run_python` runs it."""
-    return subprocess.Popen(python_command(args), cwd=REPO, env=subprocess_env(env), **kwargs)
+    return subprocess.Popen(python_command(args), cwd=REPO, env=subprocess_env(env, fast_compile), **kwargs)
