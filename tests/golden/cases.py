@@ -29,7 +29,7 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["GOLDEN_FILE", "GOLDEN_FILES", "OLD_WORKDIRS", "RUNS", "Draw", "Eval", "Run", "Runs", "array_record", "exact", "state_records"]
+__all__ = ["GOLDEN_FILE", "GOLDEN_FILES", "OLD_WORKDIRS", "RUNS", "Draw", "Eval", "Run", "Runs", "array_record", "chosen_labels", "exact", "state_records"]
 
 TINY_UNET = dict(channels=8, channel_mult=(1,), num_res_blocks=1, attention_resolutions=(), norm_groups=4,
                  num_heads=1)
@@ -199,6 +199,11 @@ def state_records(state) -> dict[str, dict[str, Any]]:
     return {jax.tree_util.keystr(path): array_record(leaf) for path, leaf in leaves}
 
 
+def chosen_labels(items: dict[str, Draw | Eval], core: bool) -> list[str]:
+    """The labels of ``items`` (a run's draws or evaluations): the core ones, or all of them."""
+    return [label for label, item in items.items() if item.core or not core]
+
+
 def run_config(name: str):
     """(config, recipe) of run ``name``: the experiment variant with the tiny network and budget."""
     from diffjax.run.config import validate
@@ -351,11 +356,14 @@ class Runs:
             records[label] = exact(result)
         return records
 
-    def record(self, name: str) -> dict[str, Any]:
-        """Everything measured of run ``name`` (what ``families.json`` holds per run)."""
+    def record(self, name: str, core: bool = False) -> dict[str, Any]:
+        """Everything measured of run ``name`` (what ``families.json`` holds per run); ``core``: only
+        the draws and evaluations marked core."""
+        run = RUNS[name]
         return {
-            "experiment": f"{RUNS[name].experiment}:{RUNS[name].variant}",
+            "experiment": f"{run.experiment}:{run.variant}",
             "metrics": self.metrics(name), "state": state_records(self.state(name)),
-            "training_picture": self.training_picture(name), "draws": self.draws(name),
-            "eval": self.evaluation(name),
+            "training_picture": self.training_picture(name),
+            "draws": self.draws(name, chosen_labels(run.draws, core)),
+            "eval": self.evaluation(name, chosen_labels(run.evals, core)),
         }

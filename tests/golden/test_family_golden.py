@@ -9,7 +9,11 @@ with today's code, to the same state, drawing the same samples.
 
 By default the test checks every run's training and the fixtures, and the draws and evaluations marked
 ``core`` in ``cases.RUNS`` (about one per family path; the CI budget); ``DIFFJAX_GOLDEN=all`` checks
-every recorded draw and evaluation (the refactor's full check: several minutes on 2 cores).
+every recorded draw and evaluation (the refactor's full check: several minutes on 2 cores). Today's
+numbers are measured by the recorder itself (``python -m tests.golden.record --core --keep_going``),
+in a child process that starts from the user's XLA flags: the tests' own processes compile at XLA's
+lowest optimisation level (``tests.support.subprocesses.FAST_COMPILE_FLAGS``), which rounds
+differently from the recordings.
 
 Bitwise: sha256 of the arrays' bytes, floats compared as ``float.hex``, against one recording per kind
 of CPU (``cases.GOLDEN_FILES``: XLA:CPU's code, and so its rounding, depends on the CPU): every check of
@@ -23,21 +27,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import pytest
 
-from tests.golden.cases import GOLDEN_DIR, GOLDEN_FILES, OLD_WORKDIRS, RUNS, Runs, old_workdir_record, state_records
+from tests.golden.cases import GOLDEN_FILES, OLD_WORKDIRS, RUNS, chosen_labels
+from tests.support.subprocesses import run_python
 
 pytestmark = pytest.mark.slow
 
 _SHOWN = 30  # differences listed per failure
 FULL = os.environ.get("DIFFJAX_GOLDEN", "") == "all"
-
-
-def _chosen(items) -> list[str]:
-    """The labels of the draws or evaluations checked: all of them (``DIFFJAX_GOLDEN=all``) or the core ones."""
-    return [label for label, item in items.items() if FULL or item.core]
+_MEASURE_TIMEOUT = 3600 if FULL else 1200  # s; the core checks take about 5 minutes of one core
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +73,29 @@ class Recordings:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> Runs:
-    """The runs, each trained once on first use, shared by the module's tests."""
-    return Runs(str(tmp_path_factory.mktemp("golden_runs")))
+def measured(tmp_path_factory) -> dict:
+    """Today's numbers of every check, measured once by ``tests.golden.record`` in a child process at
+    the XLA flags of the recordings (the user's: not the tests' fast-compile flags, which change the
+    compiled code and so its rounding); a measurement that raised holds its traceback."""
+    out = tmp_path_factory.mktemp("golden") / "measured.json"
+    args = ["-m", "tests.golden.record", "--out", str(out), "--keep_going", *([] if FULL else ["--core"])]
+    result = run_python(args, timeout=_MEASURE_TIMEOUT, fast_compile=False)
+    if result.returncode != 0:
+        pytest.fail(f"python {' '.join(args)} failed:\n{result.stderr[-4000:]}", pytrace=False)
+    with open(out) as f:
+        return json.load(f)
+
+
+def _item(measured: dict, *path: str):
+    """``measured[path[0]][path[1]]...``; a measurement that raised fails the test with its traceback."""
+    item = measured
+    for key in path:
+        if isinstance(item, dict) and set(item) == {"error"}:
+            break
+        item = item[key]
+    if isinstance(item, dict) and set(item) == {"error"}:
+        pytest.fail(f"measuring {'/'.join(path)} raised:\n{item['error']}", pytrace=False)
+    return item
 
 
 def _is_array_record(value) -> bool:
@@ -118,37 +138,32 @@ def differences(expected, actual, path: str = "") -> list[str]:
 
 
 @pytest.mark.parametrize("name", list(RUNS))
-def test_training_is_bitwise_the_golden(runs, golden, name):
+def test_training_is_bitwise_the_golden(measured, golden, name):
     """Every metric of every step, every leaf of the trained state, training's last sample picture."""
-    golden.assert_same(lambda g: g["runs"][name]["metrics"], runs.metrics(name), f"{name}: metrics.jsonl")
-    golden.assert_same(lambda g: g["runs"][name]["state"], state_records(runs.state(name)),
-                       f"{name}: the trained TrainState")
-    golden.assert_same(lambda g: g["runs"][name]["training_picture"], runs.training_picture(name),
-                       f"{name}: the picture of training's last step")
+    for key, what in (("metrics", "metrics.jsonl"), ("state", "the trained TrainState"),
+                      ("training_picture", "the picture of training's last step")):
+        golden.assert_same(lambda g: g["runs"][name][key], _item(measured, "runs", name, key), f"{name}: {what}")
 
 
-@pytest.mark.parametrize("name", [name for name, run in RUNS.items() if _chosen(run.draws)])
-def test_draws_are_bitwise_the_golden(runs, golden, name):
+@pytest.mark.parametrize("name", [name for name, run in RUNS.items() if chosen_labels(run.draws, not FULL)])
+def test_draws_are_bitwise_the_golden(measured, golden, name):
     """One draw of the EMA params per sampler path of the family."""
-    labels = _chosen(RUNS[name].draws)
+    labels = chosen_labels(RUNS[name].draws, not FULL)
     golden.assert_same(lambda g: {label: g["runs"][name]["draws"][label] for label in labels},
-                       runs.draws(name, labels), f"{name}: draws")
+                       _item(measured, "runs", name, "draws"), f"{name}: draws")
 
 
-@pytest.mark.parametrize("name", [name for name, run in RUNS.items() if _chosen(run.evals)])
-def test_evaluation_is_bitwise_the_golden(runs, golden, name):
+@pytest.mark.parametrize("name", [name for name, run in RUNS.items() if chosen_labels(run.evals, not FULL)])
+def test_evaluation_is_bitwise_the_golden(measured, golden, name):
     """Every number of the bounds, the classifier's accuracy, the sample quality."""
-    labels = _chosen(RUNS[name].evals)
+    labels = chosen_labels(RUNS[name].evals, not FULL)
     golden.assert_same(lambda g: {label: g["runs"][name]["eval"][label] for label in labels},
-                       runs.evaluation(name, labels), f"{name}: evaluate's records")
+                       _item(measured, "runs", name, "eval"), f"{name}: evaluate's records")
 
 
 @pytest.mark.parametrize("kind", list(OLD_WORKDIRS))
-def test_old_workdir_restores_to_the_golden(runs, golden, kind, tmp_path):
+def test_old_workdir_restores_to_the_golden(measured, golden, kind):
     """A workdir written by the code of the recording: today's code reads its config.json, restores
     its checkpoint to the same leaves and draws the same samples from it."""
-    workdir = shutil.copytree(f"{GOLDEN_DIR}/old_workdir/{kind}", tmp_path / kind)
-    run = OLD_WORKDIRS[kind]
-    golden.assert_same(lambda g: g["old_workdir"][kind], old_workdir_record(str(workdir), run, runs.mesh),
+    golden.assert_same(lambda g: g["old_workdir"][kind], _item(measured, "old_workdir", kind),
                        f"old_workdir/{kind}")
-
