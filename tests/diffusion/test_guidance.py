@@ -82,6 +82,8 @@ def log_class_posterior(xp, x, alpha, sigma, labels):
     """log p(y_i | x_t,i) [B] of the noisy mixture, labels int [B]."""
     log_density, _, _ = noisy_components(xp, x, alpha, sigma)
     top = log_density.max(axis=1, keepdims=True)
+    if xp is jnp:  # the shift cancels: no gradient through max (its JVP divides by the count of maxima, which
+        top = jax.lax.stop_gradient(top)  # XLA:CPU at -O0 can make 0 by rounding two copies of log_density apart)
     log_norm = top[:, 0] + xp.log(xp.exp(log_density - top).sum(axis=1))
     return xp.take_along_axis(log_density, labels[:, None], axis=1)[:, 0] - log_norm
 
