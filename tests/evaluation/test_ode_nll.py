@@ -45,7 +45,7 @@ def image_setup():
 
 
 def test_ode_bound_ignores_padding_and_is_reproducible(image_setup):
-    _, _, state, data, evaluator = image_setup
+    _, recipe, state, data, evaluator = image_setup
     params = state.ema_params
     result = evaluator(params, batches_of(data, 2), seed=3)
     assert result.count == 3 and result.num_batches == 2
@@ -62,10 +62,15 @@ def test_ode_bound_ignores_padding_and_is_reproducible(image_setup):
     other = evaluator(params, batches_of(data, 2), seed=4)
     assert np.abs(other.bpd_per_example - result.bpd_per_example).max() > 1e-6
     # The first example alone (its batch partner masked): the same noise, a solve with other adaptive
-    # steps (shared by the batch), so the same number up to the solver's tolerance.
-    first = evaluator(params, list(first_examples(batches_of(data, 2), 1)), seed=3)
+    # steps (shared by the batch), so the same number up to the solver's error. That error is not
+    # rtol: the log-density is one entry of the solver's 65-entry state, and at rtol = atol = 1e-3
+    # this bound is off by 0.6-1.5% (XLA -O3 / -O0; converged 19.313 bpd, 2,600 NFE at 1e-5), at 1e-4
+    # by 0.03-0.1%: so the comparison is made at 1e-4.
+    finer = ODEBoundEvaluator(recipe, probes=1, rtol=0.1 * TOLERANCE, atol=0.1 * TOLERANCE)
+    first = finer(params, list(first_examples(batches_of(data, 2), 1)), seed=3)
     assert first.count == 1 and first.num_batches == 1 and first.bpd_stderr is None
-    np.testing.assert_allclose(first.bpd_per_example[0], result.bpd_per_example[0], rtol=1e-2)
+    both = finer(params, batches_of(data, 2), seed=3)
+    np.testing.assert_allclose(first.bpd_per_example[0], both.bpd_per_example[0], rtol=5e-3)
     record = result.to_json()
     assert record["num_examples"] == 3 and record["probes"] == 1 and record["rtol"] == TOLERANCE
     assert "1 Rademacher probes" in record["bound"] and record["bound"].startswith("probability-flow ODE")
