@@ -53,6 +53,9 @@ class UNet(nn.Module):
         rows; label ``num_classes`` is the null class of classifier-free guidance.
       norm_groups: GroupNorm groups (32 in the papers).
       norm_eps: GroupNorm epsilon (1e-6 in DDPM's TF code, 1e-5 in PyTorch).
+      sinusoid_cos_first, sinusoid_freq_shift: the timestep sinusoid's convention
+        (``embeddings.sinusoidal_embedding``): True, 0 as improved DDPM; False, 1 as DDPM's
+        TensorFlow code and its diffusers checkpoints.
       attention_implementation: how the attention blocks compute ``dot_product_attention``:
         ``"xla"`` (any backend) or ``"cudnn"`` (cuDNN flash attention: an NVIDIA GPU and
         ``dtype`` bfloat16; see ``blocks.ATTENTION_IMPLEMENTATIONS``). Same parameters either way.
@@ -75,6 +78,8 @@ class UNet(nn.Module):
     num_classes: int | None = None
     norm_groups: int = 32
     norm_eps: float = 1e-5
+    sinusoid_cos_first: bool = True
+    sinusoid_freq_shift: int = 0
     attention_implementation: str = "xla"
     dtype: jnp.dtype = jnp.float32
 
@@ -117,7 +122,8 @@ class UNet(nn.Module):
         chex.assert_shape(t, (batch,))
         ch = self.channels
         emb = conditioning_embedding(t, labels, num_classes=self.num_classes, sinusoid_dim=ch, features=4 * ch,
-                                     dtype=self.dtype, network="UNet")
+                                     dtype=self.dtype, network="UNet", cos_first=self.sinusoid_cos_first,
+                                     freq_shift=self.sinusoid_freq_shift)
 
         h, skips = encoder(x, emb, channels=ch, channel_mult=self.channel_mult, num_res_blocks=self.num_res_blocks,
                            attention_resolutions=self.attention_resolutions, res_block=self._res_block,

@@ -23,6 +23,7 @@ from diffjax.diffusion.schedules import space_timesteps
 from diffjax.diffusion.solvers import option_defaults as solver_option_defaults
 from diffjax.errors import ConfigError
 from diffjax.models.blocks import ATTENTION_IMPLEMENTATIONS, cudnn_attention_problem
+from diffjax.models.classifier import POOLS
 from diffjax.models.configs import NETWORKS, PRESETS, get_preset, hyperparameters
 from diffjax.models.layers import DOWNSAMPLE_PADDINGS
 from diffjax.run.families import family_from_config
@@ -41,7 +42,8 @@ UNSET = -1
 _OPTIONAL_INTS = ("num_head_channels",)
 # Hyperparameters added after runs were saved: a config.json without one (e.g. a classifier's,
 # restored for guidance) gets the network's default, which is what those runs computed.
-_LATER_HYPERPARAMETERS = ("attention_implementation",)
+_LATER_HYPERPARAMETERS = ("attention_implementation", "sinusoid_cos_first", "sinusoid_freq_shift", "resblock_updown",
+                          "pool")
 
 
 def set_model(config: ml_collections.ConfigDict, preset: str, **overrides) -> None:
@@ -127,8 +129,12 @@ def _runtime_data_model_sections(config: ml_collections.ConfigDict) -> None:
     # UNet keys: channels (base width), channel_mult, num_res_blocks, attention_resolutions
     # (feature-map heights in pixels), num_heads, num_head_channels (-1: unset, heads from
     # num_heads), dropout, use_scale_shift_norm, resblock_updown, conv_resample,
-    # downsample_padding ("same" or "symmetric"), norm_groups, norm_eps, attention_implementation
+    # downsample_padding ("same" or "symmetric"), norm_groups, norm_eps, sinusoid_cos_first and
+    # sinusoid_freq_shift (the timestep sinusoid: True, 0 as improved DDPM; False, 1 as DDPM's
+    # checkpoints), attention_implementation
     # ("xla", the default, or "cudnn": cuDNN flash attention, NVIDIA GPU and dtype bfloat16 only).
+    # Classifier keys: the UNet's but out_channels, num_classes and the sinusoid's, plus pool
+    # ("mean" or "attention": ADM's attention pooling).
     # MLP keys: hidden, num_blocks, sinusoid_dim, dropout.
     # Every network also has: dtype ("bfloat16": bf16 compute, float32 params),
     # fourier_features (VDM's input features sin/cos(2^n pi x), n = 7, 8: models/fourier.py)
@@ -517,9 +523,15 @@ def _validate_unet(config: ml_collections.ConfigDict) -> None:
         bad = [w for w in widths if w % m.num_head_channels]
         _require(not bad, "model.num_head_channels", f"{m.num_head_channels} does not divide the attention "
                  f"widths {bad} (model.channels x model.channel_mult)")
-    for key in [k for k in ("use_scale_shift_norm", "resblock_updown", "conv_resample") if k in m]:
+    for key in [k for k in ("use_scale_shift_norm", "resblock_updown", "conv_resample", "sinusoid_cos_first")
+                if k in m]:
         _require(isinstance(m[key], bool), f"model.{key}", f"must be True or False, got {m[key]!r}")
+    if "sinusoid_freq_shift" in m:
+        _require(m.sinusoid_freq_shift in (0, 1) and not isinstance(m.sinusoid_freq_shift, bool),
+                 "model.sinusoid_freq_shift", f"must be 0 (improved DDPM) or 1 (DDPM), got {m.sinusoid_freq_shift!r}")
     _one_of(config, "model.downsample_padding", DOWNSAMPLE_PADDINGS)
+    if "pool" in m:
+        _one_of(config, "model.pool", POOLS)
     _int_at_least(config, "model.norm_groups", 1)
     # Every GroupNorm sees a sum of multiples of model.channels.
     _require(m.channels % m.norm_groups == 0, "model.norm_groups",

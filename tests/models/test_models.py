@@ -101,7 +101,7 @@ def test_presets_hold_every_hyperparameter_with_the_field_types():
     assert models.hyperparameters("unet") == (
         "channels", "channel_mult", "num_res_blocks", "attention_resolutions", "num_heads", "num_head_channels",
         "dropout", "use_scale_shift_norm", "resblock_updown", "conv_resample", "downsample_padding", "norm_groups",
-        "norm_eps", "attention_implementation",
+        "norm_eps", "sinusoid_cos_first", "sinusoid_freq_shift", "attention_implementation",
     )
     assert models.hyperparameters("mlp") == ("hidden", "num_blocks", "sinusoid_dim", "dropout")
     for name, preset in models.PRESETS.items():
