@@ -6,6 +6,8 @@
     python launch.py --config experiments/digits_ddpm.py --workdir runs/digits --mode=eval
     python launch.py --config experiments/digits_ddpm.py --workdir runs/digits --mode=sample \
         --config.sample.num=5000 --config.sample.steps=ddim100 --config.sample.seed=1
+    python launch.py --config experiments/pretrained.py:ddpm_cifar10 --workdir runs/released --mode=import \
+        --config.pretrained.path=PATH/google-ddpm-cifar10-32   # then any mode on runs/released
 
 An experiment file defines ``get_config(arg)`` (a locked ml_collections ConfigDict; ``arg``
 is what follows ":" in --config) and, only where its recipe differs from the default one
@@ -33,6 +35,7 @@ from diffjax.models.summary import parameter_table
 from diffjax.run.config import validate, validate_backend
 from diffjax.run.evaluate import evaluate
 from diffjax.run.experiments import build_recipe, load_experiment
+from diffjax.run.pretrained import import_pretrained, read_pretrained
 from diffjax.run.sample import generate
 from diffjax.runtime import mesh
 from diffjax.runtime.xla_cpu import use_cpu_fusions
@@ -43,9 +46,11 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment file, optionally with ':arg'.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and samples go (resumes from it).")
 flags.DEFINE_bool("dry_run", False, "Validate the config, build the model, print its parameters and exit.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"], "train (resuming from --workdir); eval: NLL and "
-                  "sample quality of the latest checkpoint of --workdir, written to WORKDIR/eval/*.json; sample: "
-                  "config.sample.num samples of it (config.sample.*) to WORKDIR/samples/*.npz and PNG grids.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "import"], "train (resuming from --workdir); eval: "
+                  "NLL and sample quality of the latest checkpoint of --workdir, written to WORKDIR/eval/*.json; "
+                  "sample: config.sample.num samples of it (config.sample.*) to WORKDIR/samples/*.npz and PNG grids; "
+                  "import: config.pretrained's released weights as the step-0 checkpoint of an empty --workdir "
+                  "(experiments/pretrained.py).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes, for multi-process runs.")
 flags.DEFINE_integer("process_id", None, "This process's index, for multi-process runs.")
@@ -137,6 +142,8 @@ def _run():
     validate_backend(config, jax.default_backend())
     experiment = load_experiment(config_flags.get_config_filename(FLAGS["config"]))
     recipe = build_recipe(experiment, config)
+    if FLAGS.mode == "import" and FLAGS.dry_run:
+        read_pretrained(config, recipe.num_classes)  # the file is read and checked; nothing is written
     if FLAGS.dry_run:
         print(parameter_table(recipe.model, recipe.input_shape))
         return
@@ -146,6 +153,8 @@ def _run():
         evaluate(config, FLAGS.workdir, recipe)
     elif FLAGS.mode == "sample":
         print(f"wrote {generate(config, FLAGS.workdir, recipe)['npz']}")
+    elif FLAGS.mode == "import":
+        print(f"wrote {import_pretrained(config, FLAGS.workdir, recipe)}")
     else:
         train_and_evaluate(config, FLAGS.workdir, recipe)
 
