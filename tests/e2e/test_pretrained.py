@@ -1,7 +1,8 @@
 """``launch.py --mode=import`` of a released checkpoint (a random-weight diffusers folder in the
 released format, ``tests/models/data/converters``), then ``--mode=sample`` on it: the workdir's
 checkpoint holds exactly the converted weights, and mistakes are one-line errors before anything
-compiles."""
+compiles. The cells run in one child process (``tests.support.launch_session``), as the experiment
+matrix's do."""
 
 import json
 import os
@@ -14,7 +15,7 @@ from diffjax.models.convert_diffusers import load_diffusers_unet
 from diffjax.run.experiments import build_recipe, load_experiment
 from diffjax.run.restore import restore_train_state
 from diffjax.runtime.mesh import make_mesh
-from tests.support.subprocesses import run_python
+from tests.support.launch_session import LaunchSession
 
 pytestmark = pytest.mark.slow  # child processes
 
@@ -24,14 +25,20 @@ TINY = ["--config.model.channels=8", "--config.model.norm_groups=4", "--config.m
         "--config.data.image_size=16"]
 
 
-def launch(workdir, mode, *extra, path=FOLDER):
-    return run_python(["launch.py", "--config", "experiments/pretrained.py:ddpm_cifar10", "--workdir", str(workdir),
-                       f"--mode={mode}", f"--config.pretrained.path={path}", *TINY, *extra])
+@pytest.fixture(scope="module")
+def session():
+    with LaunchSession() as cells:
+        yield cells
 
 
-def test_import_then_sample_a_released_checkpoint(tmp_path):
+def launch(session, workdir, mode, *extra, path=FOLDER, tiny=True):
+    return session.run("--config", "experiments/pretrained.py:ddpm_cifar10", "--workdir", str(workdir),
+                       f"--mode={mode}", f"--config.pretrained.path={path}", *(TINY if tiny else ()), *extra)
+
+
+def test_import_then_sample_a_released_checkpoint(session, tmp_path):
     workdir = tmp_path / "released"
-    result = launch(workdir, "import")
+    result = launch(session, workdir, "import")
     assert result.returncode == 0, result.stderr[-3000:]
     with open(workdir / "config.json") as f:
         assert json.load(f)["pretrained"]["path"] == FOLDER
@@ -46,20 +53,19 @@ def test_import_then_sample_a_released_checkpoint(tmp_path):
     for tree in (state.params, state.ema_params):
         jax.tree.map(np.testing.assert_array_equal, tree, converted.params)
 
-    result = launch(workdir, "sample", "--config.sample.num=4", "--config.sample.method=ddim",
+    result = launch(session, workdir, "sample", "--config.sample.num=4", "--config.sample.method=ddim",
                     "--config.sample.steps=ddim5")
     assert result.returncode == 0, result.stderr[-3000:]
     samples = np.load(workdir / "samples" / "step0_ema_ddim_eta0_ddim5_n4_seed0.npz")["samples"]
     assert samples.shape == (4, 16, 16, 3) and np.isfinite(samples).all()
 
-    again = launch(workdir, "import")  # never over a workdir's checkpoints
+    again = launch(session, workdir, "import")  # never over a workdir's checkpoints
     assert again.returncode == 1 and "already holds checkpoints" in again.stderr
 
 
-def test_import_mistakes_are_one_line_errors(tmp_path):
-    missing = launch(tmp_path / "a", "import", path=str(tmp_path / "nowhere"))
+def test_import_mistakes_are_one_line_errors(session, tmp_path):
+    missing = launch(session, tmp_path / "a", "import", path=str(tmp_path / "nowhere"))
     assert missing.returncode == 1 and "no config.json" in missing.stderr and "Traceback" not in missing.stderr
-    wrong = run_python(["launch.py", "--config", "experiments/pretrained.py:ddpm_cifar10", "--workdir",
-                        str(tmp_path / "b"), "--mode=import", f"--config.pretrained.path={FOLDER}"])
+    wrong = launch(session, tmp_path / "b", "import", tiny=False)  # the full-size config, tiny weights
     assert wrong.returncode == 1 and "model.channels=8 and the config has 128" in wrong.stderr
     assert not os.path.exists(tmp_path / "b")
