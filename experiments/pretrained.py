@@ -24,19 +24,23 @@ iddpm_imagenet64       improved-diffusion                          cosine, T=400
                        imagenet64_uncond_100M_1500K (.pt)          t rescaled to 0..1000
 adm_imagenet64         guided-diffusion 64x64_diffusion.pt         cosine, T=1000, learned range,
                        (class-conditional, 1000 classes)           t as is
+adm_imagenet64_        guided-diffusion 64x64_classifier.pt        its noise: cosine, T=1000; told
+classifier             (noisy classifier, attention pooling)       the integer step (chain_step)
 =====================  ==========================================  ==================================
 
 The DDPM networks are DDPM's TensorFlow layout: the timestep sinusoid [sin, cos] with divisor
 half - 1 (``model.sinusoid_cos_first=False``, ``sinusoid_freq_shift=1``); diffjax's own
-ddpm_cifar10 runs use improved DDPM's [cos, sin]. ADM's classifier and upsampler convert
-(``convert_openai.load_openai_classifier`` / ``load_openai_superres``) but do not import yet:
-their noise input and low-resolution input are not part of a workdir's recipe.
+ddpm_cifar10 runs use improved DDPM's [cos, sin]. ADM's classifier guides ``adm_imagenet64``
+(``--config.sample.classifier_workdir=WORKDIR_OF_THE_IMPORTED_CLASSIFIER
+--config.sample.classifier_scale=1``; guided-diffusion's README uses scale 1.0 at 64x64). ADM's
+upsampler converts (``convert_openai.load_openai_superres``) but does not import yet: a
+workdir's recipe has no low-resolution input.
 """
 
 import ml_collections
 
-from diffjax.models.convert_openai import unet_flags, unet_hyperparameters
-from diffjax.run.config import set_family
+from diffjax.models.convert_openai import classifier_flags, classifier_hyperparameters, unet_flags, unet_hyperparameters
+from diffjax.run.config import base_config, set_family, set_model
 from diffjax.run.experiments import load_experiment
 
 _DDPM_TF_SINUSOID = dict(sinusoid_cos_first=False, sinusoid_freq_shift=1)
@@ -47,8 +51,12 @@ _IDDPM_FLAGS = dict(num_channels=128, num_res_blocks=3, learn_sigma=True, attent
 _ADM64_FLAGS = dict(image_size=64, num_channels=192, num_res_blocks=3, learn_sigma=True, class_cond=True,
                     attention_resolutions="32,16,8", num_head_channels=64, resblock_updown=True,
                     use_new_attention_order=True, use_scale_shift_norm=True, dropout=0.1)
+# guided-diffusion's README: the 64x64 classifier's flags
+_ADM64_CLASSIFIER_FLAGS = dict(image_size=64, classifier_attention_resolutions="32,16,8", classifier_depth=4,
+                               classifier_width=128, classifier_pool="attention", classifier_resblock_updown=True,
+                               classifier_use_scale_shift_norm=True)
 VARIANTS = ("ddpm_cifar10", "ddpm_celebahq256", "ddpm_lsun_church256", "iddpm_cifar10", "iddpm_imagenet64",
-            "adm_imagenet64")
+            "adm_imagenet64", "adm_imagenet64_classifier")
 
 
 def get_config(arg: str | None = None):
@@ -63,6 +71,10 @@ def get_config(arg: str | None = None):
         config = load_experiment(arg).get_config("hybrid_cosine")
         size = config.data.image_size
         pretrained = _openai(config, unet_flags(image_size=size, **_IDDPM_FLAGS, dropout=config.model.dropout))
+    elif arg == "adm_imagenet64_classifier":
+        config = _adm_classifier(classifier_flags(**_ADM64_CLASSIFIER_FLAGS))
+        pretrained = dict(format="openai_classifier", path="",
+                          args=ml_collections.ConfigDict(classifier_flags(**_ADM64_CLASSIFIER_FLAGS)))
     else:
         config = load_experiment("iddpm_imagenet64").get_config("hybrid_cosine")
         set_family(config, "discrete", timesteps=1000, schedule="cosine", objective="hybrid",
@@ -71,6 +83,19 @@ def get_config(arg: str | None = None):
         pretrained = _openai(config, unet_flags(**_ADM64_FLAGS))
     config.experiment = f"pretrained_{arg}"
     config.pretrained = ml_collections.ConfigDict(pretrained)
+    return config
+
+
+def _adm_classifier(args: dict):
+    """ADM's noisy classifier of ImageNet 64x64 (``EncoderUNetModel`` ``args``) as a classifier
+    experiment: its own diffusion (cosine, T = 1000), told the integer step."""
+    config = base_config()
+    config.data.update(name="imagenet2012", image_size=args["image_size"], num_classes=args["out_channels"])
+    set_family(config, "classifier", schedule="cosine", timesteps=1000, time_input="chain_step")
+    model, _ = classifier_hyperparameters(args)
+    set_model(config, "digits_classifier")  # the classifier's keys; every value set below
+    config.model.update(**{k: (-1 if v is None else v) for k, v in model.items() if k != "arch"})
+    config.model.class_dropout = 0.0
     return config
 
 

@@ -33,13 +33,21 @@ from diffjax.diffusion.processes import NoiseProcess
 from diffjax.diffusion.schedules import Schedule, named_schedule
 
 __all__ = [
+    "TIME_INPUTS",
     "NoisyClassification",
     "chain_grad_fn",
+    "chain_step_of_log_snr",
     "chain_log_snr",
     "classifier_log_prob",
     "label_log_prob",
     "process_grad_fn",
 ]
+
+TIME_INPUTS = ("log_snr", "chain_step")
+"""How a classifier network is told the noise level lambda: "log_snr", diffjax's
+``continuous.noise_conditioning(lambda)`` (any process, any grid); "chain_step", the step t of its
+training chain with that log-SNR, fractional between steps (``chain_step_of_log_snr``): what ADM's
+released classifiers were trained on (the integer timestep, ``rescale_timesteps=False``)."""
 
 ClassifierLogProb = Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
 """``log_prob(params, x_vp, log_snr, labels) -> [B]``: log p_phi(y_i | x_i) of the VP state x_vp [B, ...]
@@ -60,6 +68,17 @@ def chain_log_snr(schedule: Schedule, t: jax.Array) -> jax.Array:
     return 2.0 * (jnp.log(schedule.sqrt_alphas_cumprod[t]) - jnp.log(schedule.sqrt_one_minus_alphas_cumprod[t]))
 
 
+def chain_step_of_log_snr(schedule: Schedule, log_snr: jax.Array) -> jax.Array:
+    """The step t of ``schedule``'s chain (full length) at log-SNR ``log_snr`` [B], float32 [B]:
+    linear interpolation in t between the two steps whose ``chain_log_snr`` brackets it (the
+    table falls with t), clamped to [0, T - 1]; exactly t at a step's own log-SNR (a respaced
+    chain's steps give the original chain's indices, as ADM's respaced sampler tells its
+    classifier)."""
+    steps = jnp.arange(schedule.num_timesteps)
+    table = chain_log_snr(schedule, steps)  # decreasing in t
+    return jnp.interp(log_snr, table[::-1], steps[::-1].astype(jnp.float32))
+
+
 @dataclasses.dataclass(frozen=True)
 class NoisyClassification:
     """What a noise-conditional classifier is trained on (a recipe's ``diffusion`` for
@@ -68,10 +87,12 @@ class NoisyClassification:
     Attributes:
       schedule: the chain whose q(x_t | x_0) noises the data (t uniform over its steps).
       num_classes: K, the width of the classifier's logits.
+      time_input: how the network is told the noise level, one of ``TIME_INPUTS``.
     """
 
     schedule: Schedule
     num_classes: int
+    time_input: str = "log_snr"
 
     name: ClassVar[str] = "classifier"
     gaussian: ClassVar[bool] = False
@@ -80,6 +101,7 @@ class NoisyClassification:
     CONFIG: ClassVar[Mapping[str, Any]] = {
         "schedule": "linear",  # the chain whose q(x_t | x_0) noises the training data
         "timesteps": 1000,
+        "time_input": "log_snr",  # or "chain_step" (ADM's classifiers): TIME_INPUTS
     }
 
     @classmethod
@@ -88,7 +110,16 @@ class NoisyClassification:
         v = {**cls.CONFIG, **values}
         if num_classes < 1:
             raise ValueError("data.num_classes: a classifier needs labelled data (num_classes > 0)")
-        return cls(schedule=named_schedule(v["schedule"], v["timesteps"]), num_classes=num_classes)
+        if v["time_input"] not in TIME_INPUTS:
+            raise ValueError(f"diffusion.time_input: {v['time_input']!r} is not one of {list(TIME_INPUTS)}")
+        return cls(schedule=named_schedule(v["schedule"], v["timesteps"]), num_classes=num_classes,
+                   time_input=v["time_input"])
+
+    def network_time(self, log_snr: jax.Array) -> jax.Array:
+        """The network's noise input at log-SNR ``log_snr`` [B] (``time_input``), [B]."""
+        if self.time_input == "chain_step":
+            return chain_step_of_log_snr(self.schedule, log_snr)
+        return noise_conditioning(log_snr)
 
     @property
     def num_timesteps(self) -> int:
@@ -136,18 +167,20 @@ class NoisyClassification:
         key_t, key_noise = jax.random.split(key)
         t = jax.random.randint(key_t, (x0.shape[0],), 0, self.schedule.num_timesteps)
         x_t = q_sample(self.schedule, x0, t, jax.random.normal(key_noise, x0.shape, x0.dtype))
-        logits = network(params, x_t, noise_conditioning(chain_log_snr(self.schedule, t)), None)
+        logits = network(params, x_t, self.network_time(chain_log_snr(self.schedule, t)), None)
         cross_entropy = -label_log_prob(logits, labels)
         accuracy = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
         return {"loss": cross_entropy, "accuracy": accuracy, "t": t}
 
 
-def classifier_log_prob(model: nn.Module) -> ClassifierLogProb:
+def classifier_log_prob(model: nn.Module,
+                        network_time: Callable[[jax.Array], jax.Array] = noise_conditioning) -> ClassifierLogProb:
     """``log_prob(params, x_vp, log_snr, labels) -> [B]`` of a classifier network
-    (``model.apply({"params": p}, x, c_noise) -> logits [B, K]``), in inference mode."""
+    (``model.apply({"params": p}, x, network_time(log_snr)) -> logits [B, K]``; its family's
+    ``NoisyClassification.network_time``), in inference mode."""
 
     def log_prob(params, x_vp, log_snr, labels):
-        return label_log_prob(model.apply({"params": params}, x_vp, noise_conditioning(log_snr)), labels)
+        return label_log_prob(model.apply({"params": params}, x_vp, network_time(log_snr)), labels)
 
     return log_prob
 

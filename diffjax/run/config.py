@@ -262,11 +262,19 @@ _OLD_DISCRETE_NAMES = {"mean_type": "prediction", "loss_weighting": "weighting"}
 _OLD_NAIVE_NAMES = {"naive_levels": "num_levels"}
 
 
+# Family keys added after runs were saved, with the value those runs computed with.
+_LATER_FAMILY_KEYS = {"classifier": {"time_input": "log_snr"}}
+
+
 def upgrade_config(config: dict) -> dict:
     """A ``config.json`` (as a dict) in today's layout: an old file's ``diffusion`` section
     (every family's keys, ``mean_type`` / ``loss_weighting`` / ``naive_levels``) becomes its
-    family's keys, and ``model.rescale_timesteps`` the discrete family's. Today's files are
-    returned unchanged."""
+    family's keys, and ``model.rescale_timesteps`` the discrete family's; a family key added
+    later (``_LATER_FAMILY_KEYS``) gets the value the run used. Today's files are returned
+    unchanged."""
+    later = _LATER_FAMILY_KEYS.get(config.get("diffusion", {}).get("family"), {})
+    if any(key not in config["diffusion"] for key in later):
+        config = {**config, "diffusion": {**later, **config["diffusion"]}}
     diffusion, model = dict(config.get("diffusion", {})), dict(config.get("model", {}))
     rescale = model.pop("rescale_timesteps", None)
     if "mean_type" not in diffusion and rescale is None:

@@ -5,7 +5,8 @@ fine-tuning (``--mode=train`` resumes from it) run on it as on a workdir diffjax
 
 A config that imports has a ``pretrained`` section (``experiments/pretrained.py``):
 ``format`` ("diffusers": ``path`` is a model folder; "openai": ``path`` is a ``.pt`` or
-``.safetensors`` state dict and ``args`` the ``UNetModel`` constructor's arguments) and
+``.safetensors`` state dict and ``args`` the ``UNetModel`` constructor's arguments;
+"openai_classifier": the same of an ``EncoderUNetModel``, a noisy classifier for guidance) and
 ``path``. The network the weights describe must be the config's ``model`` (the presets are the
 released layouts): a differing hyperparameter, image size, channel count or class count is an
 error naming it, before anything compiles. The imported params are both the params and the EMA
@@ -23,7 +24,7 @@ from etils import epath
 
 from diffjax.errors import UserError
 from diffjax.models.convert_diffusers import load_diffusers_unet
-from diffjax.models.convert_openai import load_openai_unet
+from diffjax.models.convert_openai import load_openai_classifier, load_openai_unet
 from diffjax.models.state_dicts import ConvertedNetwork, check_params
 from diffjax.runtime.checkpoint import Checkpointer
 from diffjax.runtime.mesh import make_mesh, replicated_sharding
@@ -34,7 +35,7 @@ from diffjax.train.state import init_train_state
 
 __all__ = ["FORMATS", "PretrainedError", "check_fits", "import_pretrained", "read_pretrained"]
 
-FORMATS = ("diffusers", "openai")
+FORMATS = ("diffusers", "openai", "openai_classifier")
 # Hyperparameters that do not change the computation of a trained network at sampling time.
 _TRAINING_ONLY = ("dropout", "attention_implementation")
 
@@ -61,8 +62,10 @@ def read_pretrained(config: ml_collections.ConfigDict, num_classes: int) -> Conv
         raise PretrainedError(f"config.pretrained.format: {spec.format!r} is not one of {list(FORMATS)}")
     if spec.format == "diffusers":
         converted = load_diffusers_unet(spec.path)
-    else:
+    elif spec.format == "openai":
         converted = load_openai_unet(spec.path, spec.args.to_dict())
+    else:
+        converted = load_openai_classifier(spec.path, spec.args.to_dict())
     check_fits(config, converted, num_classes)
     return converted
 
@@ -86,8 +89,11 @@ def check_fits(config: ml_collections.ConfigDict, converted: ConvertedNetwork, n
     if shape != (height, width, channels):
         raise PretrainedError(f"{source} is a network of {height}x{width}x{channels} images and the config's data "
                               f"are {shape[0]}x{shape[1]}x{shape[2]} (data.image_size, data.channels)")
-    stored = converted.params.get("label_embed", {}).get("embedding")
-    imported = 0 if stored is None else stored.shape[0] - 1
+    if converted.model["arch"] == "classifier":
+        imported = converted.out_channels  # its logits
+    else:
+        stored = converted.params.get("label_embed", {}).get("embedding")
+        imported = 0 if stored is None else stored.shape[0] - 1
     if imported != num_classes:
         raise PretrainedError(f"{source} is a network of {imported} classes and the config's of {num_classes} "
                               f"(data.num_classes)")

@@ -86,4 +86,5 @@ def restore_classifier(workdir: str, mesh, step: int | None = None) -> GuidanceC
     recipe = build_recipe(module, config)
     state = restore_train_state(config, workdir, recipe, mesh, step)
     return GuidanceClassifier(model=recipe.model, params=state.ema_params, num_classes=config.data.num_classes,
-                              input_shape=tuple(recipe.input_shape), workdir=workdir)
+                              input_shape=tuple(recipe.input_shape), workdir=workdir,
+                              network_time=recipe.family.network_time)

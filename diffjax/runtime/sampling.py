@@ -23,6 +23,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from diffjax.diffusion.continuous import noise_conditioning
 from diffjax.diffusion.families.base import Draw
 from diffjax.diffusion.families.guidance import Guidance
 from diffjax.diffusion.noisy_classifier import classifier_log_prob
@@ -40,11 +41,13 @@ class GuidanceClassifier:
 
     Attributes:
       model: the Flax classifier (``models.classifier.NoisyClassifier``): logits [B, K] of the
-        variance-preserving state and ``continuous.noise_conditioning(log_snr)``.
+        variance-preserving state and ``network_time(log_snr)``.
       params: its params (the EMA ones), replicated over the mesh.
       num_classes: K.
       input_shape: one example's shape, as it was trained.
       workdir: where it was restored from, recorded with the samples ("" if not from one).
+      network_time: the network's noise input at log-SNR [B] (its family's
+        ``NoisyClassification.network_time``).
     """
 
     model: Any
@@ -52,6 +55,7 @@ class GuidanceClassifier:
     num_classes: int
     input_shape: tuple[int, ...]
     workdir: str = ""
+    network_time: Callable[[jax.Array], jax.Array] = noise_conditioning
 
 
 def make_sampler(recipe, mesh: Mesh, *, num_samples: int, choice: SamplerChoice,
@@ -97,7 +101,7 @@ def make_sampler(recipe, mesh: Mesh, *, num_samples: int, choice: SamplerChoice,
     guidance = Guidance(
         conditional=conditional,
         null_cond=jnp.full((padded,), recipe.num_classes, jnp.int32) if guided else None,
-        classifier_log_prob=classifier_log_prob(classifier.model) if class_guided else None,
+        classifier_log_prob=classifier_log_prob(classifier.model, classifier.network_time) if class_guided else None,
     )
     options = choice.traced_options() if choice.solver else {}
     draw = family.make_draw(choice, network_fn(recipe.model), guidance, options)

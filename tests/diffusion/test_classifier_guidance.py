@@ -30,6 +30,7 @@ from diffjax.diffusion.noisy_classifier import (
     NoisyClassification,
     chain_grad_fn,
     chain_log_snr,
+    chain_step_of_log_snr,
     classifier_log_prob,
     process_grad_fn,
 )
@@ -203,6 +204,42 @@ def test_classification_objective_is_the_cross_entropy_at_uniform_steps():
     log_probs = logits - np.log(np.exp(logits).sum(1, keepdims=True))
     np.testing.assert_allclose(terms["loss"], -log_probs[np.arange(256), np.asarray(labels)], rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(terms["accuracy"], (logits.argmax(1) == np.asarray(labels)).astype(np.float32))
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_chain_step_of_log_snr_is_the_step_and_interpolates_between(name):
+    # float64 NumPy from the betas (Ho et al. eq. 4: alpha_bar_t = prod (1 - beta_s)); ADM's classifiers
+    # are told the integer step t: at a step's own log-SNR the map gives exactly t
+    schedule = schedules.named_schedule(name, 1000)
+    alpha_bar = np.cumprod(1 - np.asarray(schedules.get_betas(name, 1000), np.float64))
+    log_snr = np.log(alpha_bar) - np.log1p(-alpha_bar)
+    steps = jnp.arange(1000)
+    exact = np.asarray(jax.jit(chain_step_of_log_snr)(schedule, chain_log_snr(schedule, steps)))
+    np.testing.assert_array_equal(exact, np.arange(1000, dtype=np.float32))
+    middle = jnp.asarray((log_snr[:-1] + log_snr[1:]) / 2, jnp.float32)  # halfway in lambda between steps
+    np.testing.assert_allclose(chain_step_of_log_snr(schedule, middle), np.arange(999) + 0.5, atol=2e-3)
+    ends = chain_step_of_log_snr(schedule, jnp.asarray([log_snr[0] + 5, log_snr[-1] - 5], jnp.float32))
+    np.testing.assert_array_equal(ends, [0.0, 999.0])  # clamped
+    # a respaced chain's steps are the original chain's indices (as ADM's respaced sampler says)
+    chain, kept = respace(schedule, "ddim50")
+    at_kept = chain_step_of_log_snr(schedule, chain_log_snr(chain, jnp.arange(50)))
+    np.testing.assert_array_equal(at_kept, np.asarray(kept, np.float32))
+
+
+def test_a_chain_step_classifier_is_trained_and_guides_on_its_integer_steps():
+    schedule = schedules.named_schedule("cosine", 100)
+    objective = NoisyClassification(schedule=schedule, num_classes=3, time_input="chain_step")
+    seen = []
+
+    def network(params, x, c_noise, cond):
+        seen.append(c_noise)
+        return jnp.zeros((x.shape[0], 3)) + params
+
+    terms = objective.losses(network, 0.0, jnp.zeros((64, 2)), jax.random.PRNGKey(1), jnp.zeros(64, jnp.int32))
+    np.testing.assert_array_equal(seen[0], np.asarray(terms["t"], np.float32))  # the step itself, as ADM trains
+    np.testing.assert_array_equal(objective.network_time(chain_log_snr(schedule, jnp.arange(100))), np.arange(100))
+    with pytest.raises(ValueError, match="time_input"):
+        NoisyClassification.from_values({"time_input": "step"}, num_classes=3)
 
 
 @pytest.fixture(scope="module")

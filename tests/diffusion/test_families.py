@@ -148,6 +148,9 @@ def test_old_config_json_is_upgraded_to_its_family_keys(family):
     elif family == "naive":
         assert d["num_levels"] == 7
     assert upgrade_config(new) == new  # today's layout is left alone
+    if family == "classifier":  # a classifier's config.json from before time_input: the log-SNR it used
+        before = {**new, "diffusion": {k: v for k, v in new["diffusion"].items() if k != "time_input"}}
+        assert upgrade_config(before)["diffusion"]["time_input"] == "log_snr"
     legacy = upgrade_config({"model": {"rescale_timesteps": False}, "diffusion": dict(OLD_DIFFUSION)})  # no family key
     assert legacy["diffusion"]["family"] == "discrete" and legacy["diffusion"]["rescale_timesteps"] is False
 

@@ -8,7 +8,7 @@ import pytest
 
 from diffjax.models import abstract_params, count_params, make_network
 from diffjax.models.convert_diffusers import read_config, unet_hyperparameters
-from diffjax.models.convert_openai import classifier_flags, classifier_hyperparameters, superres_flags
+from diffjax.models.convert_openai import classifier_hyperparameters, superres_flags
 from diffjax.models.convert_openai import unet_hyperparameters as openai_hyperparameters
 from diffjax.models.state_dicts import ConvertedNetwork
 from diffjax.run.experiments import load_experiment
@@ -31,8 +31,8 @@ DDPM_CELEBAHQ_256 = DDPM_CIFAR10_32 | {
 # guided-diffusion-sdk 1.0.0; improved-diffusion's CIFAR-10 UNetModel built directly, as
 # create_model has no 32x32 default), and the DDPM paper's 35.7M / 114M as diffusers' counts.
 TORCH_COUNTS = {"ddpm_cifar10": 35_746_307, "ddpm_celebahq256": 113_673_219, "iddpm_cifar10": 52_546_438,
-                "iddpm_imagenet64": 121_063_942, "adm_imagenet64": 295_904_454}
-ADM_CLASSIFIER_64 = 65_438_568
+                "iddpm_imagenet64": 121_063_942, "adm_imagenet64": 295_904_454,
+                "adm_imagenet64_classifier": 65_438_568}
 ADM_UPSAMPLER_64_256 = 311_795_910
 
 
@@ -47,6 +47,11 @@ def converted_abstract(config, model, out_channels, num_classes):
 
 def released_network(variant, tmp_path):
     config = load_experiment("pretrained").get_config(variant)
+    if config.pretrained.format == "openai_classifier":
+        model, shape = classifier_hyperparameters(config.pretrained.args.to_dict())
+        network = make_network("classifier", out_channels=config.data.num_classes,
+                               **{k: v for k, v in model.items() if k != "arch"})
+        return config, ConvertedNetwork(model, config.data.num_classes, shape, abstract_params(network, shape)), None
     if config.pretrained.format == "diffusers":
         hub = {"ddpm_cifar10": DDPM_CIFAR10_32, "ddpm_celebahq256": DDPM_CELEBAHQ_256}[variant]
         (tmp_path / "config.json").write_text(json.dumps(hub))
@@ -64,7 +69,7 @@ def test_released_layouts_have_pytorchs_parameter_counts(variant, tmp_path):
     config, converted, num_classes = released_network(variant, tmp_path)
     null_row = 4 * config.model.channels if num_classes else 0  # diffjax's null-class embedding row
     assert count_params(converted.params) - null_row == TORCH_COUNTS[variant]
-    check_fits(config, converted, num_classes or 0)  # the variant's config is that network
+    check_fits(config, converted, config.data.num_classes if variant.endswith("classifier") else num_classes or 0)
 
 
 def test_a_network_that_is_not_the_configs_is_refused_by_name(tmp_path):
@@ -77,10 +82,7 @@ def test_a_network_that_is_not_the_configs_is_refused_by_name(tmp_path):
         check_fits(config, converted, 10)
 
 
-def test_adms_classifier_and_upsampler_have_pytorchs_parameter_counts():
-    model, shape = classifier_hyperparameters(classifier_flags(image_size=64, classifier_depth=4))
-    classifier = make_network("classifier", out_channels=1000, **{k: v for k, v in model.items() if k != "arch"})
-    assert count_params(abstract_params(classifier, shape)) == ADM_CLASSIFIER_64
+def test_adms_upsampler_has_pytorchs_parameter_count():
     args = superres_flags(large_size=256, small_size=64, num_channels=192, num_res_blocks=2, learn_sigma=True,
                           class_cond=True, attention_resolutions="32,16,8", num_head_channels=64,
                           resblock_updown=True, use_scale_shift_norm=True)
