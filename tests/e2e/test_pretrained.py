@@ -15,8 +15,10 @@ import pytest
 
 from diffjax.diffusion.noisy_classifier import chain_log_snr
 from diffjax.diffusion.schedules import named_schedule
+from diffjax.models import get_preset, init_params, make_network
 from diffjax.models.convert_diffusers import load_diffusers_unet
 from diffjax.models.convert_openai import classifier_hyperparameters, unet_hyperparameters
+from diffjax.models.export_diffusers import export_diffusers_unet
 from diffjax.run.experiments import build_recipe, load_experiment
 from diffjax.run.restore import restore_classifier, restore_train_state
 from diffjax.runtime.mesh import make_mesh
@@ -123,3 +125,31 @@ def test_adms_classifier_guides_adms_model_both_imported(session, tmp_path):
     (written,) = (model / "samples").glob("*.npz")
     samples = np.load(written)["samples"]
     assert samples.shape == (4, 8, 8, 3) and np.isfinite(samples).all()
+
+
+def test_eval_and_fine_tuning_run_on_an_imported_network(session, tmp_path):
+    # a digits-sized UNet in the released diffusers format (exported from random init), imported as
+    # DDPM's CIFAR-10 release would be, then --mode=eval (bound and sample quality on the offline
+    # digits) and --mode=train (fine-tuning from the imported step-0 checkpoint)
+    model = {k: v for k, v in get_preset("digits").items() if k != "attention_implementation"}
+    network = make_network("unet", out_channels=1, **{k: v for k, v in model.items() if k != "arch"})
+    params = jax.tree.map(np.asarray, init_params(network, jax.random.key(0), (8, 8, 1)))
+    export_diffusers_unet(str(tmp_path / "folder"), params, model, 1, (8, 8, 1))
+    digits = ["--config.data.name=digits", "--config.data.image_size=8", "--config.data.channels=1",
+              "--config.data.random_flip=False",
+              *(f"--config.model.{k}={_value(v)}" for k, v in model.items() if k != "arch"),
+              "--config.eval.batch_size=16", "--config.eval.num_examples=16", "--config.eval.nll_chain=10",
+              "--config.eval.num_samples=16", "--config.sample.steps=ddim5", "--config.train.batch_size=16",
+              "--config.train.num_steps=2", "--config.train.warmup_steps=1", "--config.train.sample_every=2",
+              "--config.sample.num=4"]
+    workdir = tmp_path / "imported"
+    for mode in ("import", "eval", "train"):
+        result = launch(session, workdir, mode, *digits, path=str(tmp_path / "folder"), tiny=False)
+        assert result.returncode == 0, (mode, result.stderr[-3000:])
+    with open(workdir / "eval" / "nll.json") as f:
+        nll = json.load(f)
+    assert np.isfinite(nll["bpd"]) and nll["bpd"] > 0
+    assert (workdir / "eval" / "sample_quality.json").is_file()
+    with open(workdir / "metrics.jsonl") as f:
+        steps = [json.loads(line)["step"] for line in f]
+    assert steps and steps[-1] == 2  # resumed from the imported step 0
