@@ -15,6 +15,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "diffjax"
 # Lower numbers are lower layers; a module may import its own layer's package and any lower layer.
 LAYERS = {
     "errors": 0,
+    "files": 0,
     "diffusion": 1,
     "models": 2,
     "data": 2,

@@ -22,13 +22,13 @@ import glob
 import hashlib
 import json
 import os
-import tempfile
 from importlib import metadata
 
 import numpy as np
 from absl import logging
 
 from diffjax.data.catalog import ImageDatasetSpec
+from diffjax.files import written_atomically
 
 __all__ = ["FORMAT", "cache_key", "load_or_decode"]
 
@@ -79,11 +79,8 @@ def _read(path: str) -> tuple[np.ndarray, np.ndarray] | None:
 
 def _write(path: str, images: np.ndarray, labels: np.ndarray) -> None:
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".npz.partial")
-        with os.fdopen(handle, "wb") as f:
+        with written_atomically(path) as f:
             np.savez(f, images=images, labels=labels)
-        os.replace(temporary, path)
     except OSError as error:  # a read-only data directory: no cache, nothing else changes
         logging.info("decoded split not kept (%s): %s", path, error)
 

@@ -19,7 +19,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from typing import Any
 
 import flax.linen as nn
@@ -32,6 +31,7 @@ from flax import serialization
 from diffjax.data.pictures import to_uint8
 from diffjax.evaluation.cache import default_cache_dir
 from diffjax.evaluation.frechet import FeatureStats, feature_stats, frechet_distance
+from diffjax.files import written_atomically
 
 __all__ = [
     "ClassifierSettings",
@@ -239,11 +239,8 @@ def load_digits_classifier(
             params = serialization.from_bytes(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template), f.read())
         return DigitsFeatureNet(settings, params, path)
     params = train_digits_classifier(settings)
-    os.makedirs(cache_dir, exist_ok=True)
-    # Write then rename: a concurrent reader (another host) never sees half a file.
-    with tempfile.NamedTemporaryFile(dir=cache_dir, delete=False, suffix=".tmp") as f:
+    with written_atomically(path) as f:  # a concurrent reader (another host) never sees half a file
         f.write(serialization.to_bytes(params))
-    os.replace(f.name, path)
     return DigitsFeatureNet(settings, params, path)
 
 

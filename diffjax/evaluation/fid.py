@@ -188,9 +188,7 @@ def reference_stats(
         images = images[:num_examples]
     stats = feature_stats(inception(images).pool)
     if jax.process_index() == 0:
-        tmp = path + f".tmp{os.getpid()}.npz"
-        save_stats(stats, tmp)
-        os.replace(tmp, path)
+        save_stats(stats, path)
     return stats, path
 
 

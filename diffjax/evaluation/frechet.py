@@ -12,10 +12,11 @@ product) eps * I is added to both covariances; a small imaginary part of the roo
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import numpy as np
 import scipy.linalg
+
+from diffjax.files import written_atomically
 
 __all__ = ["FeatureStats", "feature_stats", "frechet_distance", "load_stats", "save_stats"]
 
@@ -118,9 +119,9 @@ def frechet_distance(stats1: FeatureStats, stats2: FeatureStats, eps: float = 1e
 
 
 def save_stats(stats: FeatureStats, path: str) -> None:
-    """Write statistics to ``path`` (a ``.npz`` with ``mean``, ``cov``, ``count``)."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "wb") as f:
+    """Write statistics to ``path`` (a ``.npz`` with ``mean``, ``cov``, ``count``), whole or not at
+    all (``files.written_atomically``)."""
+    with written_atomically(path) as f:
         np.savez(f, mean=stats.mean, cov=stats.cov, count=np.int64(stats.count))
 
 

@@ -47,6 +47,7 @@ import numpy as np
 from flax import traverse_util
 
 from diffjax.errors import UserError
+from diffjax.files import written_atomically
 
 __all__ = [
     "FID_IMAGE_SIZE",
@@ -443,9 +444,8 @@ def _convert_main(argv: list[str] | None = None) -> None:
     state_dict = read_state_dict(args.source)
     params = params_from_state_dict(state_dict)  # refuses files that do not fit
     out = state_dict_from_params(params)
-    tmp = args.destination + ".tmp.npz"
-    np.savez(tmp, **out)
-    os.replace(tmp, args.destination)
+    with written_atomically(args.destination) as f:
+        np.savez(f, **out)
     count = sum(v.size for v in out.values())
     print(f"wrote {args.destination}: {len(out)} arrays, {count:,} parameters, sha256 {weights_digest(args.destination)}")
 

@@ -41,6 +41,7 @@ from jax.sharding import Mesh
 from diffjax.data.pictures import save_image_grid, to_uint8
 from diffjax.diffusion.latent import slerp
 from diffjax.errors import ConfigError, UserError
+from diffjax.files import written_atomically
 from diffjax.run.restore import chosen_params, restore_classifier, restore_train_state
 from diffjax.runtime.mesh import make_mesh
 from diffjax.runtime.sampling import GuidanceClassifier, SamplerChoice, make_sampler
@@ -170,9 +171,8 @@ def generate_samples(
         arrays = {"samples": samples, "images": to_uint8(samples)}
         if conditional:
             arrays["labels"] = np.concatenate(label_chunks)[: s.num].astype(np.int32)
-        tmp = path + ".tmp.npz"
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
+        with written_atomically(path) as f:
+            np.savez(f, **arrays)
         for k, start in enumerate(range(0, min(s.num, MAX_GRIDS * GRID_SIZE), GRID_SIZE)):
             recipe.save_samples(samples[start : start + GRID_SIZE], os.path.join(out_dir, f"{tag}_grid{k}.png"))
         with open(os.path.join(out_dir, tag + ".json"), "w") as f:

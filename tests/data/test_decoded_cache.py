@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from diffjax import files
 from diffjax.data import catalog, decoded_cache, digits, tf_records
 from tests.support.subprocesses import run_python
 
@@ -83,7 +84,7 @@ def test_an_unwritable_data_dir_decodes_every_time(data_dir, monkeypatch):
     def read_only(*args, **kwargs):
         raise PermissionError("read-only file system")
 
-    monkeypatch.setattr(decoded_cache.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(files.tempfile, "mkstemp", read_only)  # where written_atomically makes its file
     images, _ = decoded_cache.load_or_decode(builder, SPEC, "test", 8)
     assert images.shape == (digits.NUM_TEST, 8, 8, 1) and _entries(builder) == []
     assert not glob.glob(os.path.join(builder.data_dir, "decoded", "*.partial"))
