@@ -1,4 +1,6 @@
-"""openai's improved-diffusion / guided-diffusion ``UNetModel`` checkpoints -> diffjax's ``UNet``.
+"""openai's improved-diffusion / guided-diffusion checkpoints -> diffjax's networks: ``UNetModel``
+and ``SuperResModel`` (ADM's upsamplers) into the ``UNet``, ``EncoderUNetModel`` (ADM's noisy
+classifiers) into the ``NoisyClassifier``.
 
 Released as ``.pt`` files (``torch.save`` of the state dict; read with ``weights_only=True``
 only, which needs torch) or converted to ``.safetensors`` (read without torch). The weights do
@@ -8,7 +10,8 @@ the repositories' READMEs list them (``unet_flags``: ``image_size``, ``num_chann
 sizes), ``learn_sigma``, ``class_cond``, ``num_heads``, ``num_head_channels``,
 ``use_scale_shift_norm``, ``resblock_updown``, ``use_new_attention_order``, ``dropout``), or the
 ``UNetModel`` constructor's own arguments (``attention_resolutions`` there are downsampling
-rates).
+rates); ``superres_flags`` and ``classifier_flags`` do the same for ``sr_create_model``'s and
+``create_classifier``'s flags.
 
 The networks are the same computation: guided_diffusion's ``input_blocks`` are diffjax's
 ``conv_in``, down res blocks (+ attention) and downsamplers in order, ``middle_block`` its
@@ -18,6 +21,11 @@ The networks are the same computation: guided_diffusion's ``input_blocks`` are d
 lays its qkv out per head as [q, k, v], which is diffjax's layout; the new order (q, k, v, each
 split into heads) is permuted into it. A class-conditional model's ``label_emb`` gains the
 null-class row diffjax's embedding has (zeros: no class embedding), unused by its labels.
+``SuperResModel`` is a ``UNetModel`` of 2C input channels fed [x, bilinear(low_res)]
+(``superres.upsampled_input``). ``EncoderUNetModel`` is the same encoder with ``out``: GroupNorm,
+SiLU and its pool (``pool="attention"``: ``AttentionPool2d``, the classifier's ``AttentionPool``;
+``"adaptive"``: the mean and a 1x1 conv, diffjax's ``pool="mean"``); it is told the integer
+timestep, which the classifier family's ``time_input="chain_step"`` gives it.
 """
 
 from __future__ import annotations
