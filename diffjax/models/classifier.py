@@ -10,9 +10,9 @@ or attention pooling (``pool="attention"``, ``AttentionPool``: CLIP's and ADM's)
 (``unet.encoder``), so the blocks have the UNet's names and the two networks' encoder params
 line up; every res block sees the noise level's embedding.
 
-The noise level is given the way the guided sampler knows it for any model: the network time
-``t`` is ``diffusion.continuous.noise_conditioning(log_snr)``, read on the variance-preserving
-state (``diffusion.noisy_classifier``).
+The network reads the variance-preserving state and a noise input ``t`` that its family gives
+(``diffusion.noisy_classifier``: ``continuous.noise_conditioning(log_snr)``, diffjax's, or the step
+of its training chain, ADM's released classifiers').
 """
 
 from __future__ import annotations
