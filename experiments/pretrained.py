@@ -72,9 +72,9 @@ def get_config(arg: str | None = None):
         size = config.data.image_size
         pretrained = _openai(config, unet_flags(image_size=size, **_IDDPM_FLAGS, dropout=config.model.dropout))
     elif arg == "adm_imagenet64_classifier":
-        config = _adm_classifier(classifier_flags(**_ADM64_CLASSIFIER_FLAGS))
-        pretrained = dict(format="openai_classifier", path="",
-                          args=ml_collections.ConfigDict(classifier_flags(**_ADM64_CLASSIFIER_FLAGS)))
+        args = classifier_flags(**_ADM64_CLASSIFIER_FLAGS)
+        config = _adm_classifier(args)
+        pretrained = dict(format="openai_classifier", path="", args=ml_collections.ConfigDict(args))
     else:
         config = load_experiment("iddpm_imagenet64").get_config("hybrid_cosine")
         set_family(config, "discrete", timesteps=1000, schedule="cosine", objective="hybrid",
@@ -93,8 +93,7 @@ def _adm_classifier(args: dict):
     config.data.update(name="imagenet2012", image_size=args["image_size"], num_classes=args["out_channels"])
     set_family(config, "classifier", schedule="cosine", timesteps=1000, time_input="chain_step")
     model, _ = classifier_hyperparameters(args)
-    set_model(config, "digits_classifier")  # the classifier's keys; every value set below
-    config.model.update(**{k: (-1 if v is None else v) for k, v in model.items() if k != "arch"})
+    set_model(config, "digits_classifier", **_hyperparameters(model))  # every key overridden
     config.model.class_dropout = 0.0
     return config
 
@@ -103,5 +102,10 @@ def _openai(config, args: dict) -> dict:
     """The ``pretrained`` section of a guided_diffusion ``UNetModel`` with constructor ``args``,
     whose network becomes ``config.model`` (the converter's hyperparameters of those args)."""
     model, _, _ = unet_hyperparameters(args)
-    config.model.update(**{k: (-1 if v is None else v) for k, v in model.items() if k != "arch"})
+    set_model(config, "tiny", **_hyperparameters(model))  # a UNet preset with every key overridden
     return dict(format="openai", path="", args=ml_collections.ConfigDict(args))
+
+
+def _hyperparameters(model: dict) -> dict:
+    """A converter's ``model`` (``arch`` and every hyperparameter) as ``set_model``'s overrides."""
+    return {k: v for k, v in model.items() if k != "arch"}

@@ -20,16 +20,16 @@ import os
 import jax
 import ml_collections
 import numpy as np
-from etils import epath
 
 from diffjax.errors import UserError
 from diffjax.models.convert_diffusers import load_diffusers_unet
 from diffjax.models.convert_openai import load_openai_classifier, load_openai_unet
 from diffjax.models.state_dicts import ConvertedNetwork, check_params
+from diffjax.run.config import network_hyperparameters
 from diffjax.runtime.checkpoint import Checkpointer
 from diffjax.runtime.mesh import make_mesh, replicated_sharding
 from diffjax.runtime.recipe import Recipe
-from diffjax.train.loop import make_init_fn
+from diffjax.train.loop import make_init_fn, record_config
 from diffjax.train.optim import make_optimizer
 from diffjax.train.state import init_train_state
 
@@ -74,13 +74,11 @@ def check_fits(config: ml_collections.ConfigDict, converted: ConvertedNetwork, n
     """Raise ``PretrainedError`` unless ``converted`` is ``config``'s network (its ``model`` keys but
     the training-only ones, its image shape) with ``num_classes`` classes."""
     source = config.pretrained.path
+    mine_all = {"arch": config.model.arch, **network_hyperparameters(config.model)}
     for key, value in converted.model.items():
         if key in _TRAINING_ONLY:
             continue
-        mine = config.model.get(key)
-        mine = tuple(mine) if isinstance(mine, list) else mine
-        if key == "num_head_channels" and mine == -1:
-            mine = None
+        mine = mine_all.get(key)
         if mine != value:
             raise PretrainedError(f"{source} is a network with model.{key}={value!r} and the config has {mine!r}: "
                                   f"use the experiments/pretrained.py variant of this checkpoint")
@@ -116,14 +114,12 @@ def import_pretrained(config: ml_collections.ConfigDict, workdir: str, recipe: R
         optimizer = make_optimizer(config.train)
         abstract = jax.eval_shape(make_init_fn(recipe, optimizer), jax.random.PRNGKey(0))
         check_params(converted.params, abstract.params, config.pretrained.path)
-        sharding = replicated_sharding(mesh or make_mesh())
-        params = jax.tree.map(lambda a, like: jax.device_put(np.asarray(a, like.dtype), sharding),
-                              converted.params, abstract.params)
+        params = jax.tree.map(lambda a, like: np.asarray(a, like.dtype), converted.params, abstract.params)
         state = init_train_state(params, optimizer, recipe.family.init_state(), jax.random.PRNGKey(config.train.seed))
-        checkpointer.save(0, jax.device_put(state, sharding), force=True)
+        checkpointer.save(0, jax.device_put(state, replicated_sharding(mesh or make_mesh())), force=True)
         checkpointer.wait_until_finished()
     finally:
         checkpointer.close()
     if jax.process_index() == 0:
-        (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+        record_config(config, workdir, start_step=0)
     return directory

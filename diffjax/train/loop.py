@@ -25,7 +25,7 @@ from diffjax.train.optim import make_optimizer
 from diffjax.train.state import TrainState, init_train_state
 from diffjax.train.step import make_train_step
 
-__all__ = ["NonFiniteLossError", "abstract_train_state", "make_init_fn", "train_and_evaluate"]
+__all__ = ["NonFiniteLossError", "abstract_train_state", "make_init_fn", "record_config", "train_and_evaluate"]
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
@@ -51,11 +51,11 @@ def abstract_train_state(recipe: Recipe, optimizer: optax.GradientTransformation
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract)
 
 
-def _record_config(config: ml_collections.ConfigDict, workdir: str, start_step: int) -> None:
+def record_config(config: ml_collections.ConfigDict, workdir: str, start_step: int) -> None:
     """Write ``config.json`` (the config now in effect) and a copy into ``configs/``, one
     file per launch (``NNN_from_step_S.json``), so a workdir keeps what each stretch of
     training used. Called once the run has started (state restored or initialised, data
-    found, first steps finite)."""
+    found, first steps finite), and by ``run.pretrained`` for the import that made step 0."""
     text = config.to_json_best_effort(indent=2, sort_keys=True)
     history = epath.Path(workdir) / "configs"
     history.mkdir(parents=True, exist_ok=True)
@@ -224,7 +224,7 @@ class _RunOutputs:
         if self._opened:
             return
         if self._is_main:
-            _record_config(self._config, self._workdir, self._start_step)
+            record_config(self._config, self._workdir, self._start_step)
             self.writer = MetricsWriter(self._workdir, resumed_from=self._start_step)
         self._opened = True
 
