@@ -15,7 +15,7 @@ from einops import rearrange
 
 from diffjax.models.layers import avg_pool_2x, conv3x3, dense, group_norm, upsample_nearest_2x
 
-__all__ = ["ATTENTION_IMPLEMENTATIONS", "AttentionBlock", "ResBlock", "cudnn_attention_problem"]
+__all__ = ["ATTENTION_IMPLEMENTATIONS", "AttentionBlock", "ResBlock", "attention_heads", "cudnn_attention_problem"]
 
 # How ``jax.nn.dot_product_attention`` computes the attention: "xla" (plain XLA ops: two
 # batched matmuls and a float32 softmax; any backend, any dtype) or "cudnn" (cuDNN's fused
@@ -39,6 +39,33 @@ def cudnn_attention_problem(dtype, head_dims) -> str | None:
         return (f"cuDNN flash attention needs head_dim a multiple of 8 and at most {_CUDNN_MAX_HEAD_DIM} "
                 f"(128 before Hopper GPUs); this model's attention has head_dim {bad}")
     return None
+
+
+def attention_heads(channels: int, num_heads: int, num_head_channels: int | None, implementation: str,
+                    dtype) -> int:
+    """The heads of attention over ``channels`` (``channels // num_head_channels`` when that is set,
+    else ``num_heads``), after checking that they split the channels and that ``implementation``
+    can run them. Raises ``ValueError`` naming the problem (for ``"cudnn"``: off a GPU, or
+    ``cudnn_attention_problem``; checked when tracing, it never falls back to ``"xla"``)."""
+    if num_head_channels is not None:
+        if channels % num_head_channels:
+            raise ValueError(f"{channels} channels are not a multiple of num_head_channels={num_head_channels}")
+        heads = channels // num_head_channels
+    else:
+        heads = num_heads
+    if channels % heads:
+        raise ValueError(f"{channels} channels cannot be split into {heads} heads")
+    if implementation not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"attention implementation {implementation!r} is not one of {list(ATTENTION_IMPLEMENTATIONS)}")
+    if implementation == "cudnn":
+        backend = jax.default_backend()
+        if backend != "gpu":
+            raise ValueError(f"attention implementation 'cudnn' (cuDNN flash attention) needs an NVIDIA GPU, and "
+                             f"JAX's default backend is {backend!r}: use 'xla'")
+        problem = cudnn_attention_problem(dtype, [channels // heads])
+        if problem:
+            raise ValueError(f"attention implementation 'cudnn': {problem}")
+    return heads
 
 
 class ResBlock(nn.Module):
@@ -137,33 +164,11 @@ class AttentionBlock(nn.Module):
     implementation: str = "xla"
     dtype: jnp.dtype = jnp.float32
 
-    def _check_implementation(self, head_dim: int) -> None:
-        if self.implementation not in ATTENTION_IMPLEMENTATIONS:
-            raise ValueError(f"attention implementation {self.implementation!r} is not one of "
-                             f"{list(ATTENTION_IMPLEMENTATIONS)}")
-        if self.implementation != "cudnn":
-            return
-        backend = jax.default_backend()
-        if backend != "gpu":
-            raise ValueError(f"attention implementation 'cudnn' (cuDNN flash attention) needs an NVIDIA GPU, and "
-                             f"JAX's default backend is {backend!r}: use 'xla'")
-        problem = cudnn_attention_problem(self.dtype, [head_dim])
-        if problem:
-            raise ValueError(f"attention implementation 'cudnn': {problem}")
-
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         """[B, H, W, C] -> [B, H, W, C] in ``dtype``."""
         _, height, width, channels = x.shape
-        if self.num_head_channels is not None:
-            if channels % self.num_head_channels:
-                raise ValueError(f"{channels} channels are not a multiple of num_head_channels={self.num_head_channels}")
-            heads = channels // self.num_head_channels
-        else:
-            heads = self.num_heads
-        if channels % heads:
-            raise ValueError(f"{channels} channels cannot be split into {heads} heads")
-        self._check_implementation(channels // heads)
+        heads = attention_heads(channels, self.num_heads, self.num_head_channels, self.implementation, self.dtype)
         h = group_norm(self.norm_groups, self.norm_eps, name="norm")(x.astype(jnp.float32)).astype(self.dtype)
         qkv = dense(3 * channels, dtype=self.dtype, name="qkv")(h)
         q, k, v = rearrange(qkv, "b h w (n three d) -> three b (h w) n d", three=3, n=heads)

@@ -25,10 +25,10 @@ import jax
 import jax.numpy as jnp
 from einops import rearrange
 
-from diffjax.models.blocks import AttentionBlock, ResBlock
+from diffjax.models.blocks import AttentionBlock, ResBlock, attention_heads
 from diffjax.models.embeddings import conditioning_embedding
-from diffjax.models.layers import Downsample, dense, group_norm
-from diffjax.models.unet import check_input, encoder
+from diffjax.models.layers import dense, group_norm
+from diffjax.models.unet import check_input, downsample, encoder
 
 __all__ = ["POOLS", "AttentionPool", "NoisyClassifier"]
 
@@ -62,9 +62,7 @@ class AttentionPool(nn.Module):
     def __call__(self, h: jnp.ndarray) -> jnp.ndarray:
         """[B, H, W, C] features -> [B, num_outputs] float32 logits."""
         _, height, width, channels = h.shape
-        heads = self.num_heads if self.num_head_channels is None else channels // max(self.num_head_channels, 1)
-        if heads < 1 or channels % heads:
-            raise ValueError(f"{channels} channels cannot be split into {heads} attention-pooling heads")
+        heads = attention_heads(channels, self.num_heads, self.num_head_channels, self.implementation, self.dtype)
         tokens = rearrange(h, "b h w c -> b (h w) c")
         tokens = jnp.concatenate([jnp.mean(tokens, axis=1, keepdims=True), tokens], axis=1)  # [B, 1 + HW, C]
         position = self.param("positional_embedding", nn.initializers.normal(channels**-0.5),
@@ -143,15 +141,14 @@ class NoisyClassifier(nn.Module):
             return AttentionBlock(num_heads=self.num_heads, num_head_channels=self.num_head_channels, name=name,
                                   implementation=self.attention_implementation, **options)
 
-        def downsample(h, emb, level, train):
-            if self.resblock_updown:
-                return res_block(h.shape[-1], f"down_{level}_resample", down=True)(h, emb, train=train)
-            return Downsample(self.conv_resample, self.downsample_padding, dtype=self.dtype,
-                              name=f"down_{level}_resample")(h)
+        def downsample_between_levels(h, emb, level, train):
+            return downsample(h, emb, level, train, res_block=res_block, resblock_updown=self.resblock_updown,
+                              conv_resample=self.conv_resample, downsample_padding=self.downsample_padding,
+                              dtype=self.dtype)
 
         h, _ = encoder(x, emb, channels=ch, channel_mult=self.channel_mult, num_res_blocks=self.num_res_blocks,
                        attention_resolutions=self.attention_resolutions, res_block=res_block, attention=attention,
-                       downsample=downsample, dtype=self.dtype, train=train)
+                       downsample=downsample_between_levels, dtype=self.dtype, train=train)
 
         h = nn.swish(group_norm(self.norm_groups, self.norm_eps, name="norm_out")(h.astype(jnp.float32)))
         if self.pool == "attention":

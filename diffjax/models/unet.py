@@ -27,7 +27,7 @@ from diffjax.models.blocks import AttentionBlock, ResBlock
 from diffjax.models.embeddings import conditioning_embedding
 from diffjax.models.layers import DOWNSAMPLE_PADDINGS, Downsample, Upsample, conv3x3, group_norm
 
-__all__ = ["UNet", "check_input", "encoder"]
+__all__ = ["UNet", "check_input", "downsample", "encoder"]
 
 
 class UNet(nn.Module):
@@ -92,10 +92,9 @@ class UNet(nn.Module):
                         **self._block_options(), **kwargs)
 
     def _downsample(self, h: jnp.ndarray, emb: jnp.ndarray, level: int, train: bool) -> jnp.ndarray:
-        name = f"down_{level}_resample"
-        if self.resblock_updown:
-            return self._res_block(h.shape[-1], name, down=True)(h, emb, train=train)
-        return Downsample(self.conv_resample, self.downsample_padding, dtype=self.dtype, name=name)(h)
+        return downsample(h, emb, level, train, res_block=self._res_block, resblock_updown=self.resblock_updown,
+                          conv_resample=self.conv_resample, downsample_padding=self.downsample_padding,
+                          dtype=self.dtype)
 
     def _attention(self, name: str) -> AttentionBlock:
         return AttentionBlock(num_heads=self.num_heads, num_head_channels=self.num_head_channels, name=name,
@@ -166,6 +165,17 @@ def check_input(x: jnp.ndarray, channel_mult: Sequence[int], attention_resolutio
             f"attention_resolutions {sorted(missing)} (pixel sizes) do not occur; "
             f"this model's feature maps have heights {sorted(sizes)}"
         )
+
+
+def downsample(h: jnp.ndarray, emb: jnp.ndarray, level: int, train: bool, *, res_block: Callable,
+               resblock_updown: bool, conv_resample: bool, downsample_padding: str, dtype: jnp.dtype) -> jnp.ndarray:
+    """The downsampler between ``encoder``'s levels, named ``down_{level}_resample``: a res block
+    with ``down=True`` (``resblock_updown``, BigGAN style; ``res_block(out_channels, name, down=True)``)
+    or ``Downsample``. [B, H, W, C] -> [B, H/2, W/2, C]."""
+    name = f"down_{level}_resample"
+    if resblock_updown:
+        return res_block(h.shape[-1], name, down=True)(h, emb, train=train)
+    return Downsample(conv_resample, downsample_padding, dtype=dtype, name=name)(h)
 
 
 def encoder(x: jnp.ndarray, emb: jnp.ndarray, *, channels: int, channel_mult: Sequence[int], num_res_blocks: int,
