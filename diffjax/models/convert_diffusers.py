@@ -188,6 +188,6 @@ def load_diffusers_unet(folder: str) -> ConvertedNetwork:
                               f"weights file too")
     state = StateDict(read_state_dict(paths[0]), paths[0])
     params = convert_params(state, model, _attention_levels(config))
-    network = make_network("unet", out_channels=out_channels, **{k: v for k, v in model.items() if k != "arch"})
+    network = make_network(**model, out_channels=out_channels)
     check_params(params, abstract_params(network, image_shape), paths[0])
     return ConvertedNetwork(model, out_channels, image_shape, params)

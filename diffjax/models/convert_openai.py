@@ -70,13 +70,19 @@ def unet_flags(image_size: int, num_channels: int, num_res_blocks: int, channel_
         mult = _DEFAULT_MULT[image_size]
     else:
         mult = tuple(int(m) for m in str(channel_mult).split(","))
-    rates = tuple(image_size // int(res) for res in str(attention_resolutions).split(","))
+    rates = _downsampling_rates(image_size, attention_resolutions)
     return dict(image_size=image_size, in_channels=3, model_channels=num_channels, out_channels=6 if learn_sigma else 3,
                 num_res_blocks=num_res_blocks, attention_resolutions=rates, dropout=dropout, channel_mult=mult,
                 num_classes=IMAGENET_CLASSES if class_cond else None, num_heads=num_heads,
                 num_head_channels=num_head_channels, num_heads_upsample=num_heads_upsample,
                 use_scale_shift_norm=use_scale_shift_norm, resblock_updown=resblock_updown,
                 use_new_attention_order=use_new_attention_order)
+
+
+def _downsampling_rates(image_size: int, resolutions: str) -> tuple[int, ...]:
+    """script_util's ``attention_resolutions`` flag ("16,8": pixel sizes) as the constructors'
+    downsampling rates (``image_size // resolution``)."""
+    return tuple(image_size // int(res) for res in str(resolutions).split(","))
 
 
 def superres_flags(large_size: int, small_size: int, num_channels: int, num_res_blocks: int,
@@ -103,7 +109,7 @@ def classifier_flags(image_size: int, classifier_width: int = 128, classifier_de
     if image_size not in _CLASSIFIER_MULT:
         raise CheckpointError(f"image_size {image_size} has no classifier channel_mult here "
                               f"(create_classifier's 512 has a 0.5 multiplier; diffjax's are integers)")
-    rates = tuple(image_size // int(res) for res in str(classifier_attention_resolutions).split(","))
+    rates = _downsampling_rates(image_size, classifier_attention_resolutions)
     return dict(image_size=image_size, in_channels=3, model_channels=classifier_width, out_channels=IMAGENET_CLASSES,
                 num_res_blocks=classifier_depth, attention_resolutions=rates, channel_mult=_CLASSIFIER_MULT[image_size],
                 num_head_channels=64, use_scale_shift_norm=classifier_use_scale_shift_norm,
@@ -303,8 +309,7 @@ def _load_unet(path: str, args: dict[str, Any], input_channels: int,
     params = convert_params(state, model, image_shape[0], bool(args.get("use_new_attention_order", False)),
                             num_classes)
     out_channels = int(args["out_channels"])
-    network = make_network("unet", out_channels=out_channels, num_classes=num_classes,
-                           **{k: v for k, v in model.items() if k != "arch"})
+    network = make_network(**model, out_channels=out_channels, num_classes=num_classes)
     check_params(params, abstract_params(network, (*image_shape[:2], input_channels)), path)
     return ConvertedNetwork(model, out_channels, image_shape, params, low_res_shape)
 
@@ -322,6 +327,6 @@ def load_openai_classifier(path: str, args: dict[str, Any]) -> ConvertedNetwork:
     params = convert_classifier_params(state, model, image_shape[0],
                                        bool(args.get("use_new_attention_order", False)))
     out_channels = int(args["out_channels"])
-    network = make_network("classifier", out_channels=out_channels, **{k: v for k, v in model.items() if k != "arch"})
+    network = make_network(**model, out_channels=out_channels)
     check_params(params, abstract_params(network, image_shape), path)
     return ConvertedNetwork(model, out_channels, image_shape, params)
